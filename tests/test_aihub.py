@@ -1,0 +1,260 @@
+"""AI-Hub folders → datasets: both layouts, every kind of bad sample counted, CLI, streaming = non-streaming."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from processing import aihub
+from processing.video_io import read_video_frames
+from scripts.make_demo_corpus import generate_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    generate_corpus(root, num_train=6, num_val=4, seed=1, size=64, workers=1)
+    return root
+
+
+def _captions(root: Path, split: str) -> dict[str, str]:
+    return {
+        p.stem: json.loads(p.read_text(encoding="utf-8"))["annotation"]["description_kr"]
+        for p in sorted((root / split / "labels").glob("*.json"))
+    }
+
+
+def _aihub_layout(demo: Path, dest: Path) -> Path:
+    """The demo corpus rearranged as AI-Hub ships it, nested as in a download, with Korean folder names
+    stored decomposed (NFD) as macOS-made archives do."""
+    base = dest / "대한민국 배경영상" / "3.개방데이터" / "1.데이터"
+    src_nfd = unicodedata.normalize("NFD", "01.원천데이터")
+    lab_nfd = unicodedata.normalize("NFD", "02.라벨링데이터")
+    for split, top, v, lab in (("train", "Training", "TS", "TL"), ("val", "Validation", "VS", "VL")):
+        for i, video in enumerate(sorted((demo / split / "videos").glob("*.mp4"))):
+            group = f"{i % 2 + 1:02d}.시가지" if i % 2 else f"{i % 2 + 1:02d}.자연"
+            vdir = base / top / src_nfd / f"{v}_{group}" / "clips"
+            ldir = base / top / lab_nfd / f"{lab}_{group}"
+            vdir.mkdir(parents=True, exist_ok=True)
+            ldir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(video, vdir / video.name)
+            shutil.copy(demo / split / "labels" / f"{video.stem}.json", ldir / f"{video.stem}.json")
+    return dest
+
+
+def test_simple_layout(demo: Path) -> None:
+    ds, report = aihub.load_aihub(demo, "train", return_report=True)
+    assert isinstance(ds, datasets.Dataset)
+    assert set(aihub.COLUMNS) <= set(ds.column_names)
+    expected = _captions(demo, "train")
+    assert ds["video_id"] == sorted(expected)
+    assert dict(zip(ds["video_id"], ds["caption"], strict=True)) == expected
+    for row in ds:
+        assert Path(row["video_path"]).is_file() and row["split"] == "train"
+        meta = json.loads(row["metadata"])
+        assert meta["video_id"] == row["video_id"] and row["category"] == meta["attributes"]["category"]
+    split = report.splits["train"]
+    assert split.num_usable == 6 and split.num_skipped == 0
+    assert sum(split.categories.values()) == 6 and split.caption_chars["count"] == 6
+    assert len(aihub.load_aihub(demo, "val")) == 4
+
+
+def test_aihub_layout(demo: Path, tmp_path: Path) -> None:
+    root = _aihub_layout(demo, tmp_path)
+    for name in ("train", "Training", "training"):
+        ds = aihub.load_aihub(root, name)
+        assert dict(zip(ds["video_id"], ds["caption"], strict=True)) == _captions(demo, "train")
+        assert set(ds["split"]) == {"train"}
+    for name in ("val", "validation", "Validation"):
+        ds = aihub.load_aihub(root, name)
+        assert dict(zip(ds["video_id"], ds["caption"], strict=True)) == _captions(demo, "val")
+    simple = aihub.load_aihub(demo, "val")
+    assert ds["video_id"] == simple["video_id"] and ds["category"] == simple["category"]
+    report = aihub.scan_aihub(root)
+    assert {k: s.num_usable for k, s in report.splits.items()} == {"train": 6, "val": 4}
+    assert report.splits["train"].split_dirs[0].endswith("Training")
+
+
+def _write_json(path: Path, obj: dict, encoding: str = "utf-8") -> None:
+    path.write_bytes(json.dumps(obj, ensure_ascii=False).encode(encoding))
+
+
+@pytest.fixture
+def messy(demo: Path, tmp_path: Path) -> dict:
+    """Three good samples and one of every bad case, in the simple layout."""
+    root = tmp_path / "messy"
+    vdir, ldir = root / "train" / "videos", root / "train" / "labels"
+    vdir.mkdir(parents=True)
+    ldir.mkdir(parents=True)
+    videos = sorted((demo / "train" / "videos").glob("*.mp4"))
+    good = videos[:3]
+    for v in good:
+        shutil.copy(v, vdir / v.name)
+        shutil.copy(demo / "train" / "labels" / f"{v.stem}.json", ldir / f"{v.stem}.json")
+    clip = videos[3]
+
+    def pair(stem: str, label: dict | None = None, raw: bytes | None = None, video: bytes | None = None) -> None:
+        (vdir / f"{stem}.mp4").write_bytes(clip.read_bytes() if video is None else video)
+        if raw is not None:
+            (ldir / f"{stem}.json").write_bytes(raw)
+        elif label is not None:
+            _write_json(ldir / f"{stem}.json", label)
+
+    cp949_caption = "밤 도로 위로 빨간색 원이 지나갑니다. 한글 인코딩은 CP949입니다."
+    bom_caption = "맑은 낮의 자연 풍경입니다. 파일 앞에 BOM이 있습니다."
+    (ldir / "label_only.json").write_text(json.dumps({"description_kr": "영상 없음"}), encoding="utf-8")
+    (vdir / "video_only.mp4").write_bytes(clip.read_bytes())
+    pair("bad_json", raw=b'{"annotation": {"description_kr": "\xeb\xb0\xa4"')  # cut off mid-object
+    pair("cp949", raw=json.dumps({"caption": {"korean": cp949_caption}}, ensure_ascii=False).encode("cp949"))
+    pair("bom", raw=b"\xef\xbb\xbf" + json.dumps({"description_kr": bom_caption}, ensure_ascii=False).encode())
+    pair("no_caption", label={"metadata": {"video_id": "no_caption"}, "category": "자연"})
+    pair("empty_caption", label={"annotation": {"description_kr": "  \n"}})
+    pair("not_video", label={"caption": "자막은 있지만 영상이 아닙니다."}, video=b"<html>404 Not Found</html>")
+    # Passes the header check (starts with an ftyp box) but the moov atom is gone: only probing finds it.
+    pair("truncated", label={"caption": "잘린 파일입니다."}, video=clip.read_bytes()[:1200])
+    return {
+        "root": root,
+        "good": {v.stem for v in good},
+        "cp949": cp949_caption,
+        "bom": bom_caption,
+        "paths": {
+            aihub.LABEL_WITHOUT_VIDEO: [ldir / "label_only.json"],
+            aihub.VIDEO_WITHOUT_LABEL: [vdir / "video_only.mp4"],
+            aihub.UNREADABLE_JSON: [ldir / "bad_json.json"],
+            aihub.NO_CAPTION: [ldir / "no_caption.json"],
+            aihub.EMPTY_CAPTION: [ldir / "empty_caption.json"],
+            aihub.UNREADABLE_VIDEO: [vdir / "not_video.mp4"],
+        },
+    }
+
+
+def test_every_bad_case_counted(messy: dict, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="processing.aihub"):
+        ds, report = aihub.load_aihub(messy["root"], "train", return_report=True)
+    split = report.splits["train"]
+    expected_counts = {r: len(messy["paths"].get(r, [])) for r in aihub.REASONS}
+    assert split.counts() == expected_counts
+    for reason, paths in messy["paths"].items():
+        assert [Path(p).resolve() for p in split.skipped[reason]] == [p.resolve() for p in paths], reason
+    assert "starts with" in split.details[str((messy["root"] / "train" / "videos" / "not_video.mp4").resolve())]
+    # Good samples, the CP949 and BOM labels and the header-valid truncated file are all kept, intact.
+    rows = {r["video_id"]: r for r in ds}
+    assert set(rows) == messy["good"] | {"cp949", "bom", "truncated"}
+    assert rows["cp949"]["caption"] == messy["cp949"] and rows["bom"]["caption"] == messy["bom"]
+    assert split.label_encodings == {"utf-8": 7, "utf-8-bom": 1, "cp949": 1}
+    for stem in messy["good"]:
+        label = json.loads((messy["root"] / "train" / "labels" / f"{stem}.json").read_text(encoding="utf-8"))
+        assert rows[stem]["caption"] == label["annotation"]["description_kr"]
+        assert rows[stem]["category"] == label["category"]
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and "skipped 6" in warning[0] and "unreadable_json=1" in warning[0]
+
+
+def test_probe_finds_truncated_video(messy: dict) -> None:
+    ds, report = aihub.load_aihub(messy["root"], "train", video_check="probe", return_report=True)
+    split = report.splits["train"]
+    assert split.counts()[aihub.UNREADABLE_VIDEO] == 2
+    assert sorted(Path(p).name for p in split.skipped[aihub.UNREADABLE_VIDEO]) == ["not_video.mp4", "truncated.mp4"]
+    assert "truncated" not in ds["video_id"] and len(ds) == 5
+    none = aihub.load_aihub(messy["root"], "train", video_check="none")
+    assert len(none) == 7  # nothing checked: the HTML page and the truncated file both pass
+
+
+def _cli(*args: str | os.PathLike) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "processing.aihub", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_report(messy: dict, tmp_path: Path) -> None:
+    # A real (tiny) byte-level BPE tokenizer trained on the captions gives token counts.
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from scripts.make_demo_corpus import sample_caption_texts
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(sample_caption_texts(200), trainers.BpeTrainer(vocab_size=400, show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "tok")
+
+    proc = _cli(messy["root"], "--split", "train", "--check-videos", "--tokenizer", tmp_path / "tok")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "usable 5" in out and "skipped 7" in out and "video check: probe" in out
+    for reason in aihub.REASONS:
+        assert reason in out
+    assert "label_without_video  1" in out and "unreadable_video     2" in out
+    assert "caption chars:" in out and "caption tokens:" in out and "label_only.json" in out
+
+    proc = _cli(messy["root"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["splits"]["train"]["num_usable"] == 6 and data["splits"]["val"]["num_usable"] == 0
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _cli(empty)
+    assert proc.returncode != 0 and "no usable samples" in proc.stderr
+
+
+def test_streaming_matches_non_streaming(demo: Path) -> None:
+    table = aihub.load_aihub(demo, "train")
+    stream = aihub.load_aihub(demo, "train", streaming=True, num_frames=4, frame_size=32, num_shards=3)
+    assert isinstance(stream, datasets.IterableDataset) and stream.n_shards == 3
+    samples = list(stream)
+    assert [s["video_id"] for s in samples] == table["video_id"]
+    assert [s["caption"] for s in samples] == table["caption"]
+    assert [s["metadata"] for s in samples] == table["metadata"]
+    for s in samples:
+        assert s["frames"].shape == (4, 32, 32, 3) and s["frames"].dtype == np.uint8
+    np.testing.assert_array_equal(samples[0]["frames"], read_video_frames(table[0]["video_path"], 4, size=32))
+    # Undecoded streaming is the same rows as the Arrow table, column for column.
+    plain = list(aihub.load_aihub(demo, "train", streaming=True, decode_video=False))
+    assert plain == list(table)
+
+
+def test_streaming_decodes_in_dataloader_workers(demo: Path) -> None:
+    import torch
+
+    stream = aihub.load_aihub(demo, "val", streaming=True, num_frames=2, frame_size=16, num_shards=4)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    seen = {s["video_id"]: s["frames"].shape for s in loader}
+    assert set(seen) == set(_captions(demo, "val"))
+    assert all(tuple(shape) == (2, 16, 16, 3) for shape in seen.values())
+
+
+def test_nothing_found(tmp_path: Path) -> None:
+    ds, report = aihub.load_aihub(tmp_path, "train", return_report=True)
+    assert len(ds) == 0 and report.splits["train"].split_dirs == [] and report.num_usable == 0
+
+
+def test_duplicate_stems_and_archives_reported(demo: Path, tmp_path: Path) -> None:
+    src = sorted((demo / "train" / "videos").glob("*.mp4"))[0]
+    base = tmp_path / "Training"
+    for group in ("TS_a", "TS_b"):  # the same clip shipped in two archives
+        (base / "01.원천데이터" / group).mkdir(parents=True)
+        shutil.copy(src, base / "01.원천데이터" / group / src.name)
+    (base / "02.라벨링데이터" / "TL_a").mkdir(parents=True)
+    shutil.copy(demo / "train" / "labels" / f"{src.stem}.json", base / "02.라벨링데이터" / "TL_a")
+    (base / "01.원천데이터" / "TS_c.zip").write_bytes(b"PK\x03\x04")
+    ds, report = aihub.load_aihub(tmp_path, "train", return_report=True)
+    split = report.splits["train"]
+    assert len(ds) == 1 and ds[0]["video_path"].endswith(f"TS_a/{src.name}")  # first in path order is kept
+    assert split.counts()[aihub.DUPLICATE_STEM] == 1 and split.skipped[aihub.DUPLICATE_STEM][0].endswith(
+        f"TS_b/{src.name}"
+    )
+    assert split.archives == [str(base / "01.원천데이터" / "TS_c.zip")]
+    assert "unextracted archives (1)" in report.format()
