@@ -3,7 +3,7 @@
 The architectures are the real ones (``CLIPVisionModel``, ``Qwen3ForCausalLM``, ``SiglipModel``), only their
 sizes are small, so every code path that runs on the full system runs here too. The Korean byte-level BPE
 tokenizer is trained once and shipped in ``assets/tiny-korean-bpe``; it is saved as the Qwen tokenizer class
-with Qwen3's special tokens and a Qwen3-style chat template.
+with Qwen3's special tokens and kvcap's Qwen3 chat template.
 
 Usage::
 
@@ -30,6 +30,8 @@ from transformers import (
     SiglipImageProcessorPil,
     SiglipModel,
 )
+
+from processing.processing_kvcap import DEFAULT_CHAT_TEMPLATE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = REPO_ROOT / "assets" / "tiny-korean-bpe"
@@ -72,24 +74,6 @@ QWEN3_ADDED_TOKENS = (
     "</tool_response>",
     "<think>",
     "</think>",
-)
-
-# Qwen3's chat template semantics for what kvcap uses: ChatML turns, a video placeholder part, and the empty
-# thinking block that Qwen3 expects after the assistant header when thinking is switched off.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
-    "{%- if enable_thinking is defined and enable_thinking is false -%}"
-    "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}"
-    "{%- endif -%}"
 )
 
 
@@ -193,7 +177,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = TOKENIZER_VOCAB_SIZE) ->
 
     tokenizer.add_tokens([AddedToken(token, special=True) for token in QWEN3_SPECIAL_TOKENS], special_tokens=True)
     tokenizer.add_tokens([AddedToken(token, special=False) for token in QWEN3_ADDED_TOKENS])
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 

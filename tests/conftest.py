@@ -7,6 +7,8 @@ downloaded, and the Hub is switched off for the whole run so a test can never re
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,8 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import CLIPImageProcessorPil
 
 from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration
+from processing.processing_kvcap import KVCapProcessor
 from scripts.make_tiny_backbones import (
     TINY_NUM_QUERY_TOKENS,
     build_tiny_backbones,
@@ -29,7 +33,20 @@ from scripts.make_tiny_backbones import (
 )
 
 PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
-PROMPT = "이 영상을 자세히 설명해주세요."
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Prepended to every clean-interpreter script: with `python -I` from an empty folder there is no PYTHONPATH and no
+# cwd on sys.path; this also removes the editable-install finder and proves the repo's packages cannot be imported.
+_CLEAN_PRELUDE = r"""
+import importlib.util, os, sys
+_repo = os.environ.pop("KVCAP_REPO_ROOT")
+sys.path[:] = [p for p in sys.path if p and not os.path.realpath(p).startswith(_repo)]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "")]
+sys.path_importer_cache.clear()
+for _name in ("modeling_kvcap", "processing", "scripts", "tests", "metrics"):
+    assert importlib.util.find_spec(_name) is None, f"{_name} is importable: {importlib.util.find_spec(_name)}"
+"""
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +93,18 @@ def make_tiny_model(tiny_backbones: dict[str, Path]) -> Callable[..., KVCapForCo
     return make
 
 
+def tiny_processor(tokenizer, config: KVCapConfig) -> KVCapProcessor:
+    """A processor matching a tiny config: CLIP preprocessing at 32 px and the config's video-token count."""
+    size = config.vision_config.image_size
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return KVCapProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        num_video_tokens=config.num_video_tokens,
+        num_frames=config.num_frames,
+    )
+
+
 def video_prompt_batch(
     tokenizer,
     config: KVCapConfig,
@@ -83,37 +112,9 @@ def video_prompt_batch(
     captions: Sequence[str] | None = None,
     padding_side: str = "left",
 ) -> dict[str, torch.Tensor]:
-    """Chat-formatted `input_ids` / `attention_mask` (and `labels` when captions are given) for one clip each.
-
-    Each prompt carries `config.num_video_tokens` placeholders; labels supervise only the caption and its
-    end-of-turn token.
-    """
-    rows, label_rows = [], []
-    for index, prompt in enumerate(prompts):
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
-        )
-        text = text.replace("<|video_pad|>", "<|video_pad|>" * config.num_video_tokens)
-        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
-        target_ids = []
-        if captions is not None:
-            target_ids = tokenizer(captions[index] + "<|im_end|>", add_special_tokens=False).input_ids
-        rows.append(prompt_ids + target_ids)
-        label_rows.append([-100] * len(prompt_ids) + target_ids)
-    length = max(map(len, rows))
-    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    labels = torch.full((len(rows), length), -100, dtype=torch.long)
-    for index, (row, label_row) in enumerate(zip(rows, label_rows, strict=True)):
-        span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
-        input_ids[index, span] = torch.tensor(row)
-        attention_mask[index, span] = 1
-        labels[index, span] = torch.tensor(label_row)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if captions is not None:
-        batch["labels"] = labels
-    return batch
+    """Text inputs from the real processor: `input_ids`, `attention_mask` and, with captions, `labels`."""
+    batch = tiny_processor(tokenizer, config)(text=list(prompts), captions=captions, padding_side=padding_side)
+    return dict(batch)
 
 
 def random_clips(config: KVCapConfig, batch: int, seed: int = 0) -> torch.Tensor:
@@ -121,3 +122,19 @@ def random_clips(config: KVCapConfig, batch: int, seed: int = 0) -> torch.Tensor
     generator = torch.Generator().manual_seed(seed)
     size = config.vision_config.image_size
     return torch.randn(batch, config.num_frames, 3, size, size, generator=generator)
+
+
+def run_in_clean_interpreter(script: str, *args: str, workdir: Path) -> subprocess.CompletedProcess:
+    """Run `script` where kvcap is not importable (as on a machine that only has the saved Hub folder)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(workdir / "hf-modules"), KVCAP_REPO_ROOT=str(REPO_ROOT))
+    completed = subprocess.run(
+        [sys.executable, "-I", "-c", _CLEAN_PRELUDE + script, *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed

@@ -1,28 +1,14 @@
 """The saved folder is a complete Hub repository: it loads with trust_remote_code where kvcap is not installed."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-from .conftest import PROJECTOR_TYPES, random_clips, video_prompt_batch
+from .conftest import PROJECTOR_TYPES, random_clips, run_in_clean_interpreter, video_prompt_batch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-# Runs in `python -I` from an empty folder: no PYTHONPATH, no cwd on sys.path; the editable-install finder is
-# removed too, and the script proves the repo's packages cannot be imported before it loads anything.
 CLEAN_LOADER = r"""
-import importlib.util, json, os, sys
-repo, inputs_path, output_path, *folders = sys.argv[1:]
-sys.path[:] = [p for p in sys.path if p and not os.path.realpath(p).startswith(repo)]
-sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
-sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "")]
-sys.path_importer_cache.clear()
-for name in ("modeling_kvcap", "processing", "scripts", "tests"):
-    assert importlib.util.find_spec(name) is None, f"{name} is importable from {importlib.util.find_spec(name)}"
+import json, os, sys
+inputs_path, output_path, *folders = sys.argv[1:]
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
@@ -74,18 +60,8 @@ def test_save_pretrained_folder_loads_in_a_clean_interpreter(make_tiny_model, ti
             }
         folders.append(str(folder))
 
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     output = tmp_path / "results.json"
-    completed = subprocess.run(
-        [sys.executable, "-I", "-c", CLEAN_LOADER, str(REPO_ROOT), str(inputs_dir), str(output), *folders],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    run_in_clean_interpreter(CLEAN_LOADER, str(inputs_dir), str(output), *folders, workdir=tmp_path)
     results = json.loads(output.read_text())
 
     for folder, reference in expected.items():
