@@ -436,7 +436,11 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
 
 
 def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16):
-    """QLoRA's quantization of the language model: NF4 weights, double quantization, bf16 compute."""
+    """QLoRA's quantization of the language model: NF4 weights, double quantization, bf16 compute.
+
+    The skip list keeps the vision tower, the projector and `lm_head` unquantized also when the config is passed to
+    `from_pretrained` of a whole saved kvcap model.
+    """
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -444,7 +448,7 @@ def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=["lm_head"],
+        llm_int8_skip_modules=["lm_head", "vision_tower", "multi_modal_projector"],
     )
 
 

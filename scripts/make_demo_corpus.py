@@ -91,7 +91,7 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS)
 NUM_TEMPLATES = 4
-_SPLIT_IDS = {"train": 0, "val": 1, "grammar": 2}
+_SPLIT_IDS = {"train": 0, "val": 1, "grammar": 2, "pretrain": 3}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,6 +219,24 @@ def sample_caption_texts(count: int, seed: int = 0) -> list[str]:
         category = CATEGORIES[int(rng.choice(len(CATEGORIES), p=_category_probs()))]
         texts.append(_caption(_sample_scene(rng, category, ALL_PAIRS), rng))
     return texts
+
+
+def sample_training_scenes(
+    count: int, seed: int = 0, size: int = 96, num_frames: int = 16
+) -> list[tuple[np.ndarray, str, dict[str, Any]]]:
+    """Rendered scenes of the train distribution (held-out colour x shape pairs never appear), with captions.
+
+    Returns ``(frames (T, size, size, 3) uint8, caption, attributes)`` triples without encoding video: the
+    material for pretraining the tiny vision tower, drawn from a stream disjoint from the corpus clips.
+    """
+    rng = np.random.default_rng([seed, _SPLIT_IDS["pretrain"]])
+    scenes = []
+    for _ in range(count):
+        category = CATEGORIES[int(rng.choice(len(CATEGORIES), p=_category_probs()))]
+        scene = _sample_scene(rng, category, TRAIN_PAIRS)
+        frames = render_frames(scene, size, num_frames, rng)
+        scenes.append((frames, _caption(scene, rng), scene))
+    return scenes
 
 
 def _category_probs() -> np.ndarray:

@@ -38,8 +38,8 @@ TOKENIZER_DIR = REPO_ROOT / "assets" / "tiny-korean-bpe"
 KOREAN_TEXT = REPO_ROOT / "assets" / "korean_text.txt"
 SEED = 0
 
-TINY_IMAGE_SIZE = 32
-TINY_PATCH_SIZE = 8
+TINY_IMAGE_SIZE = 48
+TINY_PATCH_SIZE = 12
 TINY_NUM_QUERY_TOKENS = 16
 TOKENIZER_VOCAB_SIZE = 2048
 
@@ -78,7 +78,7 @@ QWEN3_ADDED_TOKENS = (
 
 
 def tiny_vision_config() -> CLIPVisionConfig:
-    """CLIP ViT vision tower: 32 px images in 8 px patches, a 4 × 4 patch grid (16 patches per frame)."""
+    """CLIP ViT vision tower: 48 px images in 12 px patches, a 4 × 4 patch grid (16 patches per frame)."""
     return CLIPVisionConfig(
         hidden_size=64,
         intermediate_size=128,
@@ -213,10 +213,14 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_tiny_backbones(out_dir: str | Path, tokenizer_dir: str | Path = TOKENIZER_DIR) -> dict[str, Path]:
+def build_tiny_backbones(
+    out_dir: str | Path, tokenizer_dir: str | Path = TOKENIZER_DIR, pretrain: bool = False
+) -> dict[str, Path]:
     """Write ``clip-vision``, ``qwen3`` and ``siglip`` tiny checkpoints under ``out_dir``; returns their paths.
 
-    Deterministic: the same seed gives the same weights on every run.
+    Deterministic: the same seed gives the same weights on every run. Random weights take well under a second
+    (what tests use); ``pretrain=True`` adds the short pretraining of ``scripts/pretrain_tiny_backbones.py``
+    (a minute or two) that the demo and the learning benchmark need.
     """
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -224,6 +228,10 @@ def build_tiny_backbones(out_dir: str | Path, tokenizer_dir: str | Path = TOKENI
 
     _seed_everything(SEED)
     vision = CLIPVisionModel(tiny_vision_config()).eval()
+    if pretrain:
+        from scripts.pretrain_tiny_backbones import pretrain_vision_tower
+
+        pretrain_vision_tower(vision, tokenizer, seed=SEED)
     vision.save_pretrained(paths["clip-vision"])
     CLIPImageProcessorPil(
         size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
@@ -231,6 +239,10 @@ def build_tiny_backbones(out_dir: str | Path, tokenizer_dir: str | Path = TOKENI
 
     _seed_everything(SEED + 1)
     language_model = Qwen3ForCausalLM(tiny_text_config(len(tokenizer), tokenizer)).eval()
+    if pretrain:
+        from scripts.pretrain_tiny_backbones import pretrain_language_model
+
+        pretrain_language_model(language_model, tokenizer, seed=SEED)
     language_model.save_pretrained(paths["qwen3"])
     tokenizer.save_pretrained(paths["qwen3"])
 
@@ -246,6 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="folder to write the tiny backbones into")
     parser.add_argument("--retrain-tokenizer", action="store_true", help=f"retrain and rewrite {TOKENIZER_DIR}")
+    parser.add_argument("--pretrain", action="store_true", help="pretrain the vision tower and the language model")
     args = parser.parse_args()
     if not args.out and not args.retrain_tokenizer:
         parser.error("give --out DIR, --retrain-tokenizer, or both")
@@ -254,7 +267,7 @@ def main() -> None:
         tokenizer.save_pretrained(TOKENIZER_DIR)
         print(f"tokenizer: {len(tokenizer)} tokens -> {TOKENIZER_DIR}")
     if args.out:
-        for name, path in build_tiny_backbones(args.out).items():
+        for name, path in build_tiny_backbones(args.out, pretrain=args.pretrain).items():
             print(f"{name}: {path}")
 
 

@@ -173,7 +173,7 @@ def test_text_without_placeholders_runs_as_a_plain_language_model(make_tiny_mode
 def test_wrong_frame_count_is_an_error(make_tiny_model, tiny_tokenizer, frames):
     model = make_tiny_model("linear")
     batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명"])
-    clips = torch.randn(1, frames, 3, 32, 32)
+    clips = torch.randn(1, frames, 3, 48, 48)
     with pytest.raises(ValueError, match=f"has {frames} frames per clip but the model was built for num_frames=8"):
         model(**batch, pixel_values_videos=clips)
     features = torch.randn(1, frames, 16, 64)
@@ -184,8 +184,8 @@ def test_wrong_frame_count_is_an_error(make_tiny_model, tiny_tokenizer, frames):
 def test_wrong_image_size_is_an_error(make_tiny_model, tiny_tokenizer):
     model = make_tiny_model("linear")
     batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명"])
-    with pytest.raises(ValueError, match=r"must be \(batch, 8, 3, 32, 32\), got shape \(1, 8, 3, 48, 48\)"):
-        model(**batch, pixel_values_videos=torch.randn(1, 8, 3, 48, 48))
+    with pytest.raises(ValueError, match=r"must be \(batch, 8, 3, 48, 48\), got shape \(1, 8, 3, 40, 40\)"):
+        model(**batch, pixel_values_videos=torch.randn(1, 8, 3, 40, 40))
 
 
 def test_placeholder_and_feature_count_mismatch_states_both_numbers(make_tiny_model, tiny_tokenizer):

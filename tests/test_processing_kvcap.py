@@ -81,15 +81,15 @@ def test_chat_messages_are_accepted(processor):
 def test_frames_are_normalised_exactly_as_clip_does(processor, clip_paths):
     frames = read_video_frames(clip_paths[0], num_frames=8)  # 64 x 96: resize and crop needed
     pixel_values = processor(videos=[frames])["pixel_values_videos"]
-    reference = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})(
+    reference = CLIPImageProcessorPil(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})(
         images=list(frames), return_tensors="np"
     )["pixel_values"]
-    assert pixel_values.shape == (1, 8, 3, 32, 32)
+    assert pixel_values.shape == (1, 8, 3, 48, 48)
     np.testing.assert_array_equal(pixel_values[0].numpy(), reference)
 
 
 def test_presized_frames_take_the_vectorised_path_with_the_same_result(processor):
-    frames = np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    frames = np.random.default_rng(0).integers(0, 256, size=(8, 48, 48, 3), dtype=np.uint8)
     fast = processor(videos=frames)["pixel_values_videos"][0].numpy()
     reference = processor.image_processor(images=list(frames), return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5)
@@ -97,9 +97,9 @@ def test_presized_frames_take_the_vectorised_path_with_the_same_result(processor
 
 def test_paths_are_decoded_resized_in_the_decoder_and_normalised(processor, clip_paths):
     batch = processor(videos=clip_paths)
-    assert batch["pixel_values_videos"].shape == (2, 8, 3, 32, 32)
+    assert batch["pixel_values_videos"].shape == (2, 8, 3, 48, 48)
     for index, path in enumerate(clip_paths):
-        frames = read_video_frames(path, num_frames=8, size=32)
+        frames = read_video_frames(path, num_frames=8, size=48)
         torch.testing.assert_close(batch["pixel_values_videos"][index], processor.preprocess_frames(frames))
 
 
@@ -122,9 +122,9 @@ def test_batch_decode_returns_only_the_caption(processor, tiny_tokenizer):
 @pytest.mark.parametrize(
     ("videos", "message"),
     [
-        (np.zeros((5, 32, 32, 3), dtype=np.uint8), "has 5 frames but this processor samples num_frames=8"),
-        (np.zeros((8, 32, 32, 3), dtype=np.float32), "must be uint8"),
-        (np.zeros((8, 32, 32), dtype=np.uint8), r"must be \(num_frames, H, W, 3\)"),
+        (np.zeros((5, 48, 48, 3), dtype=np.uint8), "has 5 frames but this processor samples num_frames=8"),
+        (np.zeros((8, 48, 48, 3), dtype=np.float32), "must be uint8"),
+        (np.zeros((8, 48, 48), dtype=np.uint8), r"must be \(num_frames, H, W, 3\)"),
     ],
 )
 def test_bad_frames_are_clear_errors(processor, videos, message):
@@ -144,8 +144,8 @@ def test_collator_uses_cached_features_when_present(processor):
     batch = KVCapDataCollator(processor)(rows)
     assert batch["video_features"].shape == (2, 8, 16, 64)
     assert "pixel_values_videos" not in batch and "labels" in batch
-    frames_rows = [{"caption": caption, "frames": np.zeros((8, 32, 32, 3), np.uint8)} for caption in CAPTIONS]
-    assert KVCapDataCollator(processor)(frames_rows)["pixel_values_videos"].shape == (2, 8, 3, 32, 32)
+    frames_rows = [{"caption": caption, "frames": np.zeros((8, 48, 48, 3), np.uint8)} for caption in CAPTIONS]
+    assert KVCapDataCollator(processor)(frames_rows)["pixel_values_videos"].shape == (2, 8, 3, 48, 48)
 
 
 def test_processor_to_model_end_to_end(make_tiny_model, tiny_tokenizer, clip_paths):

@@ -1,0 +1,197 @@
+"""Caption diversity: how many different captions a captioner writes, and how different they are.
+
+Self-contained so that ``evaluate.load("metrics/caption_diversity")`` (which copies this one file) works as well as
+``from metrics.caption_diversity.caption_diversity import CaptionDiversity``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import evaluate
+
+_CITATION = """\
+@inproceedings{li2016diversity,
+  title     = {A Diversity-Promoting Objective Function for Neural Conversation Models},
+  author    = {Li, Jiwei and Galley, Michel and Brockett, Chris and Gao, Jianfeng and Dolan, Bill},
+  booktitle = {Proceedings of NAACL-HLT},
+  year      = {2016},
+  pages     = {110--119},
+}
+@inproceedings{zhu2018texygen,
+  title     = {Texygen: A Benchmarking Platform for Text Generation Models},
+  author    = {Zhu, Yaoming and Lu, Sidi and Zheng, Lei and Guo, Jiaxian and Zhang, Weinan and Wang, Jun and Yu, Yong},
+  booktitle = {The 41st International ACM SIGIR Conference on Research \\& Development in Information Retrieval},
+  year      = {2018},
+  pages     = {1097--1100},
+}
+"""
+
+_DESCRIPTION = """\
+Diversity of a set of generated captions, to detect mode collapse (a captioner that writes the same few captions
+whatever the video): the unique-caption ratio (unique captions / captions after whitespace normalisation, the
+Diversity that kvcap's seed reported), distinct-1 and distinct-2 over Korean morphemes (Li et al., 2016),
+Self-BLEU-4 (Zhu et al., 2018: each caption scored with BLEU-4 against all the others; lower is more diverse) and
+the vocabulary size. A unique ratio below 0.5 is flagged as collapsed.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list[str]`): generated captions, one per clip.
+    tokenizer (`str`, default `"morpheme"`): `"morpheme"` (kiwipiepy morphemes, punctuation dropped) or
+        `"whitespace"` (`str.split()`); used by distinct-n, Self-BLEU and the vocabulary, not by the unique ratio.
+    collapse_threshold (`float`, default 0.5): `collapsed` is `unique_ratio < collapse_threshold`.
+Returns:
+    unique_ratio (`float`): unique captions / captions after whitespace normalisation.
+    num_captions (`int`), num_unique (`int`).
+    top_share (`float`): share of the most frequent caption.
+    distinct_1, distinct_2 (`float`): unique n-grams / n-grams over all captions (n-grams do not cross captions).
+    self_bleu_4 (`float` or `None`): mean BLEU-4 of each caption against all the others (`None` for < 2 captions);
+        nltk's `sentence_bleu` with uniform weights and smoothing method1 (epsilon 0.1), as Texygen.
+    vocab_size (`int`): distinct tokens (lower-cased) over all captions.
+    collapsed (`bool`), collapse_threshold (`float`), tokenizer (`str`).
+Examples:
+    >>> diversity = evaluate.load("metrics/caption_diversity")
+    >>> out = diversity.compute(predictions=["하늘이 맑다.", "하늘이 맑다.", "바다에 배가 떠 있다."])
+    >>> round(out["unique_ratio"], 3), out["collapsed"]
+    (0.667, False)
+"""
+
+TOKENIZERS = ("morpheme", "whitespace")
+# Kiwi tags for punctuation and symbols: a full stop in every caption is not diversity.
+_PUNCTUATION_TAGS = frozenset({"SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "W_EMOJI"})
+BLEU_ORDER = 4
+BLEU_EPSILON = 0.1  # nltk SmoothingFunction().method1
+
+
+@functools.lru_cache(maxsize=1)
+def _kiwi() -> Any:
+    from kiwipiepy import Kiwi
+
+    return Kiwi()
+
+
+def normalize_caption(caption: str) -> str:
+    """Whitespace normalisation used for the unique ratio: runs of whitespace become one space, ends stripped."""
+    return " ".join(caption.split())
+
+
+def tokenize(captions: Sequence[str], tokenizer: str = "morpheme") -> list[list[str]]:
+    """Lower-cased tokens per caption."""
+    if tokenizer == "morpheme":
+        return [
+            [token.form.lower() for token in tokens if token.tag not in _PUNCTUATION_TAGS]
+            for tokens in _kiwi().tokenize(list(captions))
+        ]
+    if tokenizer == "whitespace":
+        return [caption.lower().split() for caption in captions]
+    raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(token_lists: Sequence[Sequence[str]], n: int) -> float:
+    """Unique n-grams / n-grams, pooled over captions; 0.0 when there is no n-gram at all."""
+    grams = [gram for tokens in token_lists for gram in _ngrams(tokens, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def self_bleu(token_lists: Sequence[Sequence[str]], order: int = BLEU_ORDER) -> list[float]:
+    """BLEU of each caption against all the others, equal to nltk's ``sentence_bleu`` with smoothing method1.
+
+    nltk rebuilds every reference's n-gram counts for every hypothesis (quadratic in the number of captions);
+    here each n-gram keeps its highest and second-highest count over captions, so "the most any *other* caption
+    has" is one look-up and the whole set costs one pass over its n-grams.
+    """
+    weights = [1.0 / order] * order
+    counts = [[Counter(_ngrams(tokens, n)) for n in range(1, order + 1)] for tokens in token_lists]
+    best: list[dict[tuple[str, ...], tuple[int, int, int]]] = [{} for _ in range(order)]  # (top, owner, second)
+    for owner, per_order in enumerate(counts):
+        for n_index, counter in enumerate(per_order):
+            table = best[n_index]
+            for gram, count in counter.items():
+                top, top_owner, second = table.get(gram, (0, -1, 0))
+                if count > top:
+                    table[gram] = (count, owner, top)
+                elif count > second:
+                    table[gram] = (top, top_owner, count)
+    lengths = Counter(len(tokens) for tokens in token_lists)
+
+    scores = []
+    for index, tokens in enumerate(token_lists):
+        hyp_len = len(tokens)
+        numerators, denominators = [], []
+        for n_index, counter in enumerate(counts[index]):
+            table = best[n_index]
+            clipped = 0
+            for gram, count in counter.items():
+                top, top_owner, second = table[gram]
+                clipped += min(count, second if top_owner == index else top)
+            numerators.append(clipped)
+            denominators.append(max(1, sum(counter.values())))
+        if numerators[0] == 0:
+            scores.append(0.0)
+            continue
+        # The closest other length, ties to the shorter one, as nltk's closest_ref_length.
+        lengths[hyp_len] -= 1
+        ref_len = min((length for length, k in lengths.items() if k > 0), key=lambda r: (abs(r - hyp_len), r))
+        lengths[hyp_len] += 1
+        brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+        # Same float operations as nltk: method1 adds epsilon to zero numerators, then exp of the weighted log sum.
+        precisions = [
+            (num + BLEU_EPSILON) / den if num == 0 else num / den
+            for num, den in zip(numerators, denominators, strict=True)
+        ]
+        log_sum = math.fsum(w * math.log(p) for w, p in zip(weights, precisions, strict=True))
+        scores.append(brevity * math.exp(log_sum))
+    return scores
+
+
+def diversity(
+    predictions: Sequence[str], tokenizer: str = "morpheme", collapse_threshold: float = 0.5
+) -> dict[str, Any]:
+    """The metric without the ``evaluate`` wrapper; see the module's ``_KWARGS_DESCRIPTION``."""
+    total = len(predictions)
+    normalised = Counter(normalize_caption(caption) for caption in predictions)
+    token_lists = tokenize(list(predictions), tokenizer)
+    unique_ratio = len(normalised) / total if total else 0.0
+    bleus = self_bleu(token_lists) if total >= 2 else []
+    return {
+        "unique_ratio": unique_ratio,
+        "num_captions": total,
+        "num_unique": len(normalised),
+        "top_share": normalised.most_common(1)[0][1] / total if total else 0.0,
+        "distinct_1": distinct_n(token_lists, 1),
+        "distinct_2": distinct_n(token_lists, 2),
+        "self_bleu_4": sum(bleus) / len(bleus) if bleus else None,
+        "vocab_size": len({token for tokens in token_lists for token in tokens}),
+        "collapsed": unique_ratio < collapse_threshold,
+        "collapse_threshold": collapse_threshold,
+        "tokenizer": tokenizer,
+    }
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class CaptionDiversity(evaluate.Metric):
+    """Unique ratio, distinct-1/2, Self-BLEU-4 and vocabulary of generated captions."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Value("string", id="sequence")}),
+            reference_urls=["https://aclanthology.org/N16-1014", "https://arxiv.org/abs/1802.01886"],
+        )
+
+    def _compute(
+        self, predictions: Sequence[str], tokenizer: str = "morpheme", collapse_threshold: float = 0.5
+    ) -> dict[str, Any]:
+        return diversity(predictions, tokenizer=tokenizer, collapse_threshold=collapse_threshold)

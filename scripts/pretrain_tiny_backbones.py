@@ -1,0 +1,142 @@
+"""A short pretraining that makes the tiny backbones behave like the real ones on the demo corpus.
+
+Random tiny backbones know nothing: a random language model cannot write Korean, and stage 1 of kvcap trains the
+projector only. The real system starts from a CLIP that has seen images with text and a Qwen3 that writes
+Korean, so the miniature gets the same head start, in a minute or two on 2 CPU cores:
+
+- the vision tower is trained contrastively as CLIP is (image–text InfoNCE, with a tiny CLIP text tower that is
+  thrown away afterwards) on single frames of rendered scenes from the train distribution only: held-out
+  colour × shape pairs are never shown, so they stay novel for the whole system;
+- the language model learns the corpus language: chat-formatted captions after kvcap's prompt (no video).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, PreTrainedTokenizerBase, Qwen3ForCausalLM
+
+from processing.processing_kvcap import DEFAULT_PROMPT
+
+CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+def _downsample(frames: np.ndarray, size: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 → (N, size, size, 3) float32 by box averaging (S a multiple of size)."""
+    factor = frames.shape[1] // size
+    blocks = frames.reshape(frames.shape[0], size, factor, size, factor, 3).astype(np.float32)
+    return blocks.mean(axis=(2, 4))
+
+
+def _clip_pixels(frames: np.ndarray, size: int) -> torch.Tensor:
+    pixels = (_downsample(frames, size) / 255.0 - CLIP_MEAN) / CLIP_STD
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+
+
+def pretrain_vision_tower(
+    vision: CLIPVisionModel,
+    tokenizer: PreTrainedTokenizerBase,
+    steps: int = 200,
+    batch_size: int = 64,
+    num_scenes: int = 1200,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+) -> list[float]:
+    """Train `vision` in place, CLIP-style, against a throwaway tiny text tower; returns the loss per step."""
+    from scripts.make_demo_corpus import sample_training_scenes
+
+    generator = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    image_size = vision.config.image_size
+    scenes = sample_training_scenes(num_scenes, seed=seed, size=image_size * 2, num_frames=8)
+    frames = np.stack([clip for clip, _, _ in scenes])  # (N, T, S, S, 3)
+    captions = [caption + tokenizer.eos_token for _, caption, _ in scenes]
+    encoded = tokenizer(captions, padding=True, return_tensors="pt", add_special_tokens=False)
+
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": vision.config.hidden_size,
+            "intermediate_size": vision.config.intermediate_size,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": max(128, encoded.input_ids.shape[1]),
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.pad_token_id,
+        },
+        vision_config=vision.config.to_dict(),
+        projection_dim=vision.config.projection_dim,
+    )
+    clip = CLIPModel(config)
+    clip.vision_model.load_state_dict(vision.state_dict())
+    clip.train()
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
+    losses = []
+    for _ in range(steps):
+        # Distinct scenes per batch: two copies of one caption would be contradictory negatives.
+        picks = generator.choice(len(scenes), size=batch_size, replace=False)
+        frame_index = generator.integers(frames.shape[1], size=batch_size)
+        pixel_values = _clip_pixels(frames[picks, frame_index], image_size)
+        loss = clip(
+            input_ids=encoded.input_ids[picks],
+            attention_mask=encoded.attention_mask[picks],
+            pixel_values=pixel_values,
+            return_loss=True,
+        ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    vision.load_state_dict(clip.vision_model.state_dict())
+    vision.eval()
+    return losses
+
+
+def pretrain_language_model(
+    language_model: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    steps: int = 200,
+    batch_size: int = 32,
+    num_captions: int = 4000,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+) -> list[float]:
+    """Train `language_model` in place on chat-formatted captions; returns the loss per step."""
+    from scripts.make_demo_corpus import sample_caption_texts
+
+    generator = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": DEFAULT_PROMPT}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=False,
+    ).replace("<|video_pad|>", "")
+    prompt_length = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    texts = [prompt + caption + tokenizer.eos_token for caption in sample_caption_texts(num_captions, seed=seed)]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    labels = encoded.input_ids.masked_fill(encoded.attention_mask == 0, -100)
+    labels[:, :prompt_length] = -100  # learn to answer, as kvcap's training will ask
+
+    language_model.train()
+    optimizer = torch.optim.AdamW(language_model.parameters(), lr=learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
+    losses = []
+    for _ in range(steps):
+        picks = generator.choice(len(texts), size=batch_size, replace=False)
+        loss = language_model(
+            input_ids=encoded.input_ids[picks], attention_mask=encoded.attention_mask[picks], labels=labels[picks]
+        ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(language_model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    language_model.eval()
+    return losses

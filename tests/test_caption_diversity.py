@@ -1,0 +1,163 @@
+"""caption_diversity: ordering on constructed sets, hand-checked values, nltk's BLEU as the oracle, offline load."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+from metrics.caption_diversity.caption_diversity import CaptionDiversity, self_bleu, tokenize
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+ALL_EQUAL = ["맑은 날 도심의 넓은 도로 위로 자동차들이 천천히 지나가고 있다."] * 8
+NEAR_DUPLICATES = [
+    "맑은 날 도심의 넓은 도로 위로 자동차들이 천천히 지나가고 있다.",
+    "맑은 날 도심의 넓은 도로 위로 자동차들이  천천히 지나가고 있다.",  # whitespace only: the same caption
+    "맑은 날 도심의 넓은 도로 위로 자동차들이 빠르게 지나가고 있다.",
+    "흐린 날 도심의 넓은 도로 위로 자동차들이 천천히 지나가고 있다.",
+    "맑은 날 도심의 좁은 도로 위로 자동차들이 천천히 지나가고 있다.",
+    "맑은 날 도심의 넓은 도로 위로 버스들이 천천히 지나가고 있다.",
+    " 맑은 날 도심의 넓은 도로 위로 버스들이 천천히 지나가고 있다. ",  # whitespace only
+    "맑은 날 도심의 넓은 도로 위로 자동차들이 천천히 지나간다.",
+]
+VARIED = [
+    "맑은 날 도심의 넓은 도로 위로 자동차들이 천천히 지나가고 있다.",
+    "해가 질 무렵 하늘은 주황색으로 물들었고, 강 위의 다리에 불이 켜지기 시작한다.",
+    "푸른 산등성이 너머로 구름이 흘러가며, 능선 아래로 초록 숲이 펼쳐져 있다.",
+    "잔잔한 바다 위로 작은 배 한 척이 왼쪽에서 오른쪽으로 이동한다.",
+    "전통 한옥의 기와지붕이 곡선을 그리며 이어지고, 마당에는 소나무가 서 있다.",
+    "밤의 시가지에는 가로등과 네온사인이 밝게 빛나고, 차량의 불빛이 길게 이어진다.",
+    "공원의 산책로 양옆으로 나무가 늘어서 있으며, 사람들이 여유롭게 걷고 있다.",
+    "눈 덮인 들판 위로 흐린 회색 하늘이 낮게 깔려 있다.",
+]
+
+
+@pytest.fixture(scope="module")
+def metric() -> CaptionDiversity:
+    return CaptionDiversity()
+
+
+@pytest.fixture(scope="module")
+def results(metric) -> dict[str, dict]:
+    return {name: metric.compute(predictions=captions) for name, captions in _SETS.items()}
+
+
+_SETS = {"all_equal": ALL_EQUAL, "near_duplicates": NEAR_DUPLICATES, "varied": VARIED}
+
+
+@pytest.mark.parametrize(
+    ("key", "direction"),
+    [
+        ("unique_ratio", "up"),
+        ("distinct_1", "up"),
+        ("distinct_2", "up"),
+        ("vocab_size", "up"),
+        ("self_bleu_4", "down"),
+        ("top_share", "down"),
+    ],
+)
+def test_every_metric_orders_the_sets(results, key, direction):
+    values = [results[name][key] for name in ("all_equal", "near_duplicates", "varied")]
+    assert values == sorted(values, reverse=direction == "down")
+    assert len(set(values)) == 3, values  # strictly ordered
+
+
+def test_collapse_flag_and_counts(results):
+    assert results["all_equal"]["unique_ratio"] == 1 / 8
+    assert results["all_equal"]["self_bleu_4"] == 1.0
+    assert results["all_equal"]["collapsed"] is True
+    assert results["near_duplicates"]["num_unique"] == 6  # two captions differ from others only in whitespace
+    assert results["near_duplicates"]["collapsed"] is False
+    assert results["varied"]["unique_ratio"] == 1.0
+    assert results["varied"]["collapsed"] is False
+    assert all(r["collapse_threshold"] == 0.5 and r["num_captions"] == 8 for r in results.values())
+
+
+@pytest.mark.parametrize("tokenizer", ["whitespace", "morpheme"])
+def test_hand_checked_values(metric, tokenizer):
+    if tokenizer == "whitespace":
+        captions = ["하늘 이 맑 다", "하늘  이 맑 다 ", "바다 가 맑 다"]
+    else:  # kiwi gives the same tokens: 하늘 이 맑 다 / 바다 가 맑 다, the full stop dropped
+        captions = ["하늘이 맑다.", "하늘이   맑다.", "바다가 맑다."]
+    assert tokenize(captions, tokenizer) == [["하늘", "이", "맑", "다"]] * 2 + [["바다", "가", "맑", "다"]]
+    out = metric.compute(predictions=captions, tokenizer=tokenizer)
+    # Two captions differ only in whitespace: 2 unique of 3; the most frequent one is 2 of 3.
+    assert out["unique_ratio"] == pytest.approx(2 / 3)
+    assert out["num_unique"] == 2
+    assert out["top_share"] == pytest.approx(2 / 3)
+    # Unigrams: 12 in all, 6 distinct (하늘 이 맑 다 바다 가). Bigrams: 9 in all, distinct 하늘이 이맑 맑다 바다가 가맑.
+    assert out["distinct_1"] == pytest.approx(6 / 12)
+    assert out["distinct_2"] == pytest.approx(5 / 9)
+    assert out["vocab_size"] == 6
+    # Self-BLEU: each of the two equal captions has an identical other caption: BLEU 1.
+    # The third against them: p1 = 2/4 (맑 다), p2 = 1/3 (맑다), p3 = 0/2 → (0 + 0.1)/2, p4 = 0/1 → 0.1/1
+    # (method1's epsilon); lengths equal so BP = 1; BLEU = (1/2 · 1/3 · 1/20 · 1/10)^(1/4) = (1/1200)^(1/4).
+    third = (1 / 1200) ** 0.25
+    assert out["self_bleu_4"] == pytest.approx((1 + 1 + third) / 3, rel=1e-12)
+    assert out["collapsed"] is False
+
+
+def test_self_bleu_equals_nltk_sentence_bleu_with_method1():
+    rng = random.Random(0)
+    words = ["하늘", "바다", "산", "자동차", "도로", "사람", "건물", "가", "이", "를", "에", "있", "다", "보이"]
+    method1 = SmoothingFunction().method1
+    checked = 0
+    for _ in range(150):
+        token_lists = [[rng.choice(words) for _ in range(rng.randint(0, 10))] for _ in range(rng.randint(2, 6))]
+        if rng.random() < 0.3:
+            token_lists[1] = list(token_lists[0])
+        expected = [
+            sentence_bleu([t for j, t in enumerate(token_lists) if j != i], tokens, smoothing_function=method1)
+            for i, tokens in enumerate(token_lists)
+        ]
+        assert self_bleu(token_lists) == expected  # bit for bit
+        checked += sum(0 < value < 1 for value in expected)
+    assert checked > 100
+    realistic = tokenize(VARIED + NEAR_DUPLICATES, "morpheme")
+    expected = [
+        sentence_bleu([t for j, t in enumerate(realistic) if j != i], tokens, smoothing_function=method1)
+        for i, tokens in enumerate(realistic)
+    ]
+    assert self_bleu(realistic) == expected
+
+
+def test_small_inputs(metric):
+    single = metric.compute(predictions=["하늘이 맑다."])
+    assert single["self_bleu_4"] is None
+    assert single["unique_ratio"] == 1.0
+    empty_caption = metric.compute(predictions=["", "하늘이 맑다."])
+    assert empty_caption["self_bleu_4"] == 0.0
+    assert math.isclose(empty_caption["distinct_1"], 1.0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        metric.compute(predictions=["하늘"], tokenizer="jamo")
+
+
+def test_collapse_threshold_is_an_argument(metric):
+    out = metric.compute(predictions=NEAR_DUPLICATES, collapse_threshold=0.8)
+    assert out["unique_ratio"] == 0.75
+    assert out["collapsed"] is True
+
+
+def test_evaluate_load_offline(tmp_path, metric):
+    script = (
+        "import json, evaluate\n"
+        "m = evaluate.load('metrics/caption_diversity')\n"
+        f"print(json.dumps({{'out': m.compute(predictions={NEAR_DUPLICATES!r}), 'citation': m.citation}}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["out"] == metric.compute(predictions=NEAR_DUPLICATES)
+    assert "Texygen" in loaded["citation"]

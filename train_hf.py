@@ -1,0 +1,212 @@
+"""Train kvcap: `python train_hf.py configs/X.yaml [--key value ...]`, or the same under `accelerate launch`.
+
+One `Trainer.train()` runs both stages (stage 1: projector, lr 1e-3, 2 epochs; stage 2: projector + LoRA,
+lr 5e-5, 3 epochs). The language model is loaded in 4-bit NF4 with LoRA (r 16, alpha 32, dropout 0.05) and
+gradient checkpointing; the frozen vision tower encodes every clip once into a feature cache. At every
+evaluation a diversity monitor captions fixed validation clips and warns of mode collapse. The result,
+`OUTPUT_DIR/final`, loads with `AutoModel.from_pretrained(dir, trust_remote_code=True)` and its processor with
+`AutoProcessor`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import set_seed
+
+from modeling_kvcap import KVCapForConditionalGeneration, kvcap_4bit_config
+from processing.aihub import load_aihub
+from processing.processing_kvcap import KVCapDataCollator, KVCapProcessor
+from training.arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
+from training.export import export_merged_model, push_folder, write_model_card
+from training.monitor import DiversityMonitorCallback
+from training.trainer import KVCapTrainer
+
+logger = logging.getLogger("kvcap.train")
+
+
+def model_dtype() -> torch.dtype:
+    """bf16 where the hardware has it, float32 elsewhere (CPU)."""
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def ensure_demo_assets(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Build the tiny backbones and the demo corpus at the configured paths when they are missing."""
+    from scripts.make_demo_corpus import generate_corpus
+    from scripts.make_tiny_backbones import build_tiny_backbones
+
+    vision, text = Path(model_args.vision_model_name_or_path), Path(model_args.text_model_name_or_path)
+    if not (vision.exists() and text.exists()):
+        if vision.parent != text.parent:
+            raise ValueError("With --demo_assets the vision and text backbones must share one folder.")
+        built = build_tiny_backbones(vision.parent, pretrain=True)
+        logger.info(f"Built tiny backbones in {vision.parent}: {', '.join(map(str, built.values()))}")
+    if not Path(data_args.data_dir).exists():
+        summary = generate_corpus(data_args.data_dir)
+        logger.info(f"Wrote the demo corpus to {data_args.data_dir}: {summary}")
+
+
+def build_model(model_args: ModelArguments, training_args: KVCapTrainingArguments):
+    """kvcap composed from the backbones, LoRA on the language model, the projector trained in full."""
+    dtype = model_dtype()
+    quantization = kvcap_4bit_config(compute_dtype=dtype) if model_args.load_in_4bit else None
+    device_map = None
+    if quantization is not None and torch.cuda.is_available():
+        device_map = {"": training_args.local_process_index}  # one full replica per DDP process
+    model = KVCapForConditionalGeneration.from_pretrained_backbones(
+        model_args.vision_model_name_or_path,
+        model_args.text_model_name_or_path,
+        projector_type=model_args.projector_type,
+        quantization_config=quantization,
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation=model_args.attn_implementation,
+        num_frames=model_args.num_frames,
+        vision_feature_layer=model_args.vision_feature_layer,
+        num_query_tokens=model_args.num_query_tokens,
+    )
+    lora = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=KVCapForConditionalGeneration.lora_target_modules,
+        modules_to_save=["multi_modal_projector"],
+        bias="none",
+    )
+    if training_args.gradient_checkpointing:
+        training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
+            "use_reentrant": False
+        }
+    return get_peft_model(model, lora)
+
+
+def build_processor(model_args: ModelArguments, data_args: DataArguments, config) -> KVCapProcessor:
+    return KVCapProcessor.from_pretrained_backbones(
+        model_args.vision_model_name_or_path,
+        model_args.text_model_name_or_path,
+        num_video_tokens=config.num_video_tokens,
+        num_frames=config.num_frames,
+        prompt=data_args.prompt,
+    )
+
+
+def load_split(data_args: DataArguments, split: str, limit: int | None):
+    dataset = load_aihub(data_args.data_dir, split=split)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return dataset
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, export `OUTPUT_DIR/final`, evaluate it; returns the final metrics (empty on non-main ranks)."""
+    model_args, data_args, training_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+    if data_args.demo_assets:
+        with training_args.main_process_first(desc="demo assets"):
+            ensure_demo_assets(model_args, data_args)
+
+    model = build_model(model_args, training_args)
+    config = model.get_base_model().config
+    processor = build_processor(model_args, data_args, config)
+    train_dataset = load_split(data_args, data_args.train_split, data_args.max_train_samples)
+    eval_dataset = load_split(data_args, data_args.eval_split, data_args.max_eval_samples)
+    if data_args.use_feature_cache:
+        from processing.feature_cache import cache_video_features
+
+        encoder = model.get_base_model()
+        train_dataset = cache_video_features(train_dataset, encoder, processor, cache_dir=data_args.feature_cache_dir)
+        eval_dataset = cache_video_features(eval_dataset, encoder, processor, cache_dir=data_args.feature_cache_dir)
+
+    from eval_hf import generate_captions
+
+    def caption_fn(model, videos):
+        return generate_captions(
+            model,
+            processor,
+            videos,
+            batch_size=training_args.per_device_eval_batch_size,
+            max_new_tokens=training_args.generation_max_new_tokens,
+        )
+
+    monitor = DiversityMonitorCallback(
+        videos=list(eval_dataset["video_path"][: training_args.diversity_num_samples]),
+        caption_fn=caption_fn,
+        threshold=training_args.diversity_threshold,
+        stop_on_collapse=training_args.stop_on_collapse,
+    )
+    # The Trainer's own hub push would upload adapter checkpoints; the exported folder is pushed instead.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer = KVCapTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=KVCapDataCollator(processor, max_length=data_args.max_length),
+        processing_class=processor,
+        callbacks=[monitor],
+    )
+    monitor.trainer = trainer
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    metrics: dict = {}
+    final_dir = Path(training_args.output_dir) / "final"
+    if trainer.is_world_process_zero():
+        merged = export_merged_model(trainer.model, final_dir, processor, dtype=model_dtype())
+        if training_args.final_eval:
+            metrics = final_evaluation(merged, processor, eval_dataset, training_args, final_dir)
+        write_model_card(final_dir, merged.config, training_args, metrics)
+        logger.info(f"Final model: {final_dir}")
+        if push_to_hub:
+            if not training_args.hub_model_id:
+                raise ValueError("--push_to_hub needs --hub_model_id org/name.")
+            url = push_folder(final_dir, training_args.hub_model_id, token=training_args.hub_token)
+            logger.info(f"Pushed to {url}")
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def final_evaluation(model, processor, eval_dataset, training_args: KVCapTrainingArguments, final_dir: Path) -> dict:
+    """Caption the validation clips with the exported model and print METEOR, its shuffled floor and diversity."""
+    from eval_hf import generate_captions
+    from metrics.caption_diversity.caption_diversity import diversity
+    from metrics.korean_meteor.korean_meteor import KoreanMeteor
+
+    predictions = generate_captions(
+        model,
+        processor,
+        list(eval_dataset["video_path"]),
+        batch_size=training_args.per_device_eval_batch_size,
+        max_new_tokens=training_args.generation_max_new_tokens,
+    )
+    references = list(eval_dataset["caption"])
+    meteor = KoreanMeteor().compute(predictions=predictions, references=references)
+    spread = diversity(predictions)
+    metrics = {
+        "val_meteor": meteor["meteor"],
+        "val_meteor_shuffled_floor": meteor["floor"],
+        "val_unique_ratio": spread["unique_ratio"],
+        "val_distinct_1": spread["distinct_1"],
+        "val_distinct_2": spread["distinct_2"],
+        "val_num_clips": len(predictions),
+    }
+    (final_dir / "eval_metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    with (final_dir / "eval_predictions.jsonl").open("w", encoding="utf-8") as handle:
+        for row, prediction in zip(eval_dataset, predictions, strict=True):
+            record = {"video_id": row["video_id"], "prediction": prediction, "reference": row["caption"]}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(
+        f"val METEOR {metrics['val_meteor']:.4f} (shuffled-reference floor {metrics['val_meteor_shuffled_floor']:.4f}) "
+        f"| unique captions {spread['num_unique']}/{len(predictions)} (ratio {spread['unique_ratio']:.2f}) "
+        f"| distinct-2 {spread['distinct_2']:.3f}"
+    )
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

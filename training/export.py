@@ -1,0 +1,139 @@
+"""The final, self-contained model folder: LoRA merged into unquantized weights, processor, code and model card.
+
+Why merged: the folder then loads with one line, `AutoModel.from_pretrained(dir, trust_remote_code=True)`,
+with no base checkpoint to fetch and no PEFT at inference; users who want 4-bit pass `kvcap_4bit_config()` as
+`quantization_config` when loading. The LoRA update is merged into a freshly loaded *unquantized* copy of the
+base language model (not into dequantized NF4 weights, which would bake quantization error into the release).
+The price is size: at real size the folder holds Qwen3-8B in bf16 (~16.4 GB) + CLIP-L (~0.6 GB) + projector,
+against ~0.2 GB for the adapter and projector alone, which `adapter/` keeps as well for those who have the
+base checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+from modeling_kvcap import KVCapForConditionalGeneration
+
+
+def trained_projector(model: torch.nn.Module) -> torch.nn.Module:
+    """The projector as trained: PEFT's trained copy when the projector was a `modules_to_save` module."""
+    projector = (
+        model.get_base_model().multi_modal_projector if isinstance(model, PeftModel) else model.multi_modal_projector
+    )
+    if hasattr(projector, "modules_to_save"):
+        return projector.modules_to_save[projector.active_adapter]
+    return projector
+
+
+def export_merged_model(
+    trained: PeftModel, output_dir: str | Path, processor, dtype: torch.dtype = torch.bfloat16
+) -> KVCapForConditionalGeneration:
+    """Rebuild kvcap from the base checkpoints unquantized, load the trained projector, merge LoRA, save.
+
+    Returns the merged model (in `dtype`).
+    """
+    config = trained.get_base_model().config
+    merged = KVCapForConditionalGeneration.from_pretrained_backbones(
+        config.vision_model_name_or_path,
+        config.text_model_name_or_path,
+        projector_type=config.projector_type,
+        dtype=dtype,
+        projector_dtype=dtype,
+        video_token_id=config.video_token_id,
+        num_frames=config.num_frames,
+        vision_feature_layer=config.vision_feature_layer,
+        num_query_tokens=config.num_query_tokens,
+        perceiver_depth=config.perceiver_depth,
+        perceiver_num_heads=config.perceiver_num_heads,
+        abstractor_depth=config.abstractor_depth,
+    )
+    merged.multi_modal_projector.load_state_dict(trained_projector(trained).state_dict())
+
+    adapter_config = trained.peft_config[trained.active_adapter]
+    lora = LoraConfig(
+        r=adapter_config.r,
+        lora_alpha=adapter_config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=adapter_config.target_modules,
+        bias=adapter_config.bias,
+    )
+    adapter_state = {
+        key: value for key, value in get_peft_model_state_dict(trained).items() if "multi_modal_projector" not in key
+    }
+    with_adapter = get_peft_model(merged, lora)
+    result = set_peft_model_state_dict(with_adapter, adapter_state)
+    if result.unexpected_keys:
+        raise RuntimeError(f"LoRA weights did not match the rebuilt model: {result.unexpected_keys[:5]}")
+    merged = with_adapter.merge_and_unload().eval()
+
+    output_dir = Path(output_dir)
+    merged.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    trained.save_pretrained(output_dir / "adapter")
+    return merged
+
+
+def write_model_card(output_dir: str | Path, config, training_args, metrics: dict | None = None) -> Path:
+    """README.md with usage, the training recipe and, when given, the evaluation metrics."""
+    output_dir = Path(output_dir)
+    hub_id = getattr(training_args, "hub_model_id", None) or "org/kvcap"
+    lines = [
+        "---",
+        "language: ko",
+        "library_name: transformers",
+        "pipeline_tag: video-text-to-text",
+        "tags: [kvcap, video-captioning, korean, qlora]",
+        f"base_model: [{config.text_model_name_or_path}, {config.vision_model_name_or_path}]",
+        "---",
+        "",
+        f"# kvcap — {config.projector_type}",
+        "",
+        "Korean video captioning: 8 frames → frozen CLIP → "
+        f"`{config.projector_type}` projector ({config.num_video_tokens} video tokens) → Qwen3 with merged LoRA.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoModel, AutoProcessor",
+        "",
+        f'model = AutoModel.from_pretrained("{hub_id}", trust_remote_code=True)',
+        f'processor = AutoProcessor.from_pretrained("{hub_id}", trust_remote_code=True)',
+        'inputs = processor(videos=["clip.mp4"])',
+        "generated = model.generate(**inputs, max_new_tokens=512, repetition_penalty=1.2)",
+        'print(processor.batch_decode(generated, prompt_length=inputs["input_ids"].shape[1])[0])',
+        "```",
+        "",
+        "To load the language model in 4-bit, pass `quantization_config=kvcap_4bit_config()` (from `modeling_kvcap`),",
+        "which quantizes the language model only.",
+        "",
+        "## Training",
+        "",
+        f"- vision: `{config.vision_model_name_or_path}` (frozen, layer {config.vision_feature_layer})",
+        f"- language: `{config.text_model_name_or_path}`",
+        f"- stage 1: projector only, lr {training_args.stage1_learning_rate}, {training_args.stage1_epochs} epochs",
+        f"- stage 2: projector + LoRA, lr {training_args.stage2_learning_rate}, {training_args.stage2_epochs} epochs",
+        "- warmup 10 % + cosine per stage, grad-norm clip 1.0; LoRA merged into unquantized weights for release",
+    ]
+    if metrics:
+        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lines.append(f"| {key} | {value:.4f} |")
+        lines += ["", "```json", json.dumps(metrics, ensure_ascii=False, indent=2, default=str), "```"]
+    path = output_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload the exported folder as a model repository; returns its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True, private=private)
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload kvcap model").commit_url

@@ -1,0 +1,76 @@
+"""Mode-collapse watch: at every evaluation, caption a fixed set of validation clips and measure their diversity.
+
+The seed runs collapsed to 6–11 distinct captions for 97 clips while their loss looked healthy; this callback
+makes that visible in the training log (and TensorBoard), can stop the run, and feeds `metric_for_best_model`
+(e.g. `eval_unique_ratio`) so the best checkpoint can be kept by diversity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+
+class DiversityMonitorCallback(TrainerCallback):
+    """Adds `eval_unique_ratio`, `eval_distinct_1`, `eval_distinct_2` to every evaluation's metrics.
+
+    Args:
+        videos: the fixed validation clips (paths or `(T, H, W, 3)` frames), the same at every evaluation.
+        caption_fn: `caption_fn(model, videos) -> list[str]`, batched greedy captioning.
+        threshold: unique-caption ratio below which collapse is reported.
+        stop_on_collapse: end training at the first collapsed evaluation.
+    """
+
+    def __init__(
+        self,
+        videos: Sequence,
+        caption_fn: Callable[[torch.nn.Module, Sequence], list[str]],
+        threshold: float = 0.5,
+        stop_on_collapse: bool = False,
+    ):
+        self.videos = list(videos)
+        self.caption_fn = caption_fn
+        self.threshold = threshold
+        self.stop_on_collapse = stop_on_collapse
+        self.trainer = None
+        self.history: list[dict] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not self.videos or model is None:
+            return
+        from metrics.caption_diversity.caption_diversity import diversity
+
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            captions = self.caption_fn(model, self.videos)
+        model.train(was_training)
+        scores = diversity(captions, collapse_threshold=self.threshold)
+        found = {
+            "eval_unique_ratio": scores["unique_ratio"],
+            "eval_distinct_1": scores["distinct_1"],
+            "eval_distinct_2": scores["distinct_2"],
+        }
+        if metrics is not None:
+            metrics.update(found)  # seen by metric_for_best_model, since Trainer reads this dict afterwards
+        self.history.append({"step": state.global_step, **found, "captions": captions})
+        if self.trainer is not None:
+            self.trainer.log(found)
+        unique = scores["num_unique"]
+        if scores["collapsed"]:
+            most_common, count = Counter(captions).most_common(1)[0]
+            logger.warning(
+                f"Mode collapse: only {unique} distinct captions for {len(captions)} validation clips "
+                f"(unique ratio {scores['unique_ratio']:.2f} < {self.threshold}); {count} of them read "
+                f"{most_common[:80]!r}"
+            )
+            if self.stop_on_collapse:
+                control.should_training_stop = True
+        else:
+            logger.info(f"Caption diversity: {unique}/{len(captions)} distinct captions.")
