@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -102,18 +103,29 @@ def load_split(data_args: DataArguments, split: str, limit: int | None):
     return dataset
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Train, export `OUTPUT_DIR/final`, evaluate it; returns the final metrics (empty on non-main ranks)."""
+@dataclass
+class TrainingRun:
+    """Everything `prepare_run` builds: train with `run.trainer.train()`, then `finish_run(run)`."""
+
+    trainer: KVCapTrainer
+    processor: KVCapProcessor
+    eval_dataset: object
+    model_args: ModelArguments
+    data_args: DataArguments
+    training_args: KVCapTrainingArguments
+    push_to_hub: bool
+
+
+def prepare_run(argv: list[str] | None = None) -> TrainingRun:
+    """Parse arguments, build the model, the processor, the (cached) datasets and the trainer."""
     model_args, data_args, training_args = parse_arguments(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     if data_args.demo_assets:
         with training_args.main_process_first(desc="demo assets"):
             ensure_demo_assets(model_args, data_args)
 
     model = build_model(model_args, training_args)
-    config = model.get_base_model().config
-    processor = build_processor(model_args, data_args, config)
+    processor = build_processor(model_args, data_args, model.get_base_model().config)
     train_dataset = load_split(data_args, data_args.train_split, data_args.max_train_samples)
     eval_dataset = load_split(data_args, data_args.eval_split, data_args.max_eval_samples)
     if data_args.use_feature_cache:
@@ -152,23 +164,38 @@ def main(argv: list[str] | None = None) -> dict:
         callbacks=[monitor],
     )
     monitor.trainer = trainer
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    return TrainingRun(trainer, processor, eval_dataset, model_args, data_args, training_args, push_to_hub)
 
+
+def finish_run(run: TrainingRun) -> dict:
+    """Export `OUTPUT_DIR/final` (merged), evaluate it, write its model card, push it if asked.
+
+    Returns the final metrics on the main process (an empty dict elsewhere).
+    """
+    trainer, training_args = run.trainer, run.training_args
     metrics: dict = {}
     final_dir = Path(training_args.output_dir) / "final"
     if trainer.is_world_process_zero():
-        merged = export_merged_model(trainer.model, final_dir, processor, dtype=model_dtype())
+        merged = export_merged_model(trainer.model, final_dir, run.processor, dtype=model_dtype())
         if training_args.final_eval:
-            metrics = final_evaluation(merged, processor, eval_dataset, training_args, final_dir)
+            metrics = final_evaluation(merged, run.processor, run.eval_dataset, training_args, final_dir)
         write_model_card(final_dir, merged.config, training_args, metrics)
         logger.info(f"Final model: {final_dir}")
-        if push_to_hub:
+        if run.push_to_hub:
             if not training_args.hub_model_id:
                 raise ValueError("--push_to_hub needs --hub_model_id org/name.")
             url = push_folder(final_dir, training_args.hub_model_id, token=training_args.hub_token)
             logger.info(f"Pushed to {url}")
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train both stages, export `OUTPUT_DIR/final`, evaluate it; returns the final metrics."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    run = prepare_run(argv)
+    run.trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
+    return finish_run(run)
 
 
 def final_evaluation(model, processor, eval_dataset, training_args: KVCapTrainingArguments, final_dir: Path) -> dict:

@@ -1,0 +1,271 @@
+"""train_hf.py: the stage switch inside one Trainer.train(), resume, DDP, presets, and the exported folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import train_hf
+from scripts.make_demo_corpus import generate_corpus
+from training.arguments import parse_arguments
+from training.stages import LORA, PROJECTOR, stage_parameter_groups
+
+from .conftest import REPO_ROOT, run_in_clean_interpreter
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, num_train=16, num_val=4, seed=0)
+    return root
+
+
+def run_argv(tiny_backbones, corpus, output_dir, **overrides) -> list[str]:
+    values = {
+        "vision_model_name_or_path": tiny_backbones["clip-vision"],
+        "text_model_name_or_path": tiny_backbones["qwen3"],
+        "data_dir": corpus,
+        "output_dir": output_dir,
+        "feature_cache_dir": Path(output_dir).parent / "feature-cache",
+        "projector_type": "mlp_2l",
+        "load_in_4bit": False,
+        "use_feature_cache": True,
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "stage2_learning_rate": 1e-3,
+        "lora_dropout": 0.0,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "gradient_checkpointing": False,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "diversity_num_samples": 2,
+        "generation_max_new_tokens": 8,
+        "dataloader_pin_memory": False,
+        "report_to": "none",
+        "final_eval": False,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    values.update(overrides)
+    argv = []
+    for key, value in values.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+class StepRecorder(TrainerCallback):
+    """Per optimizer step: which roles had gradients, each group's learning rate, and LoRA weight snapshots."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.micro_batches = 0
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.micro_batches += 1
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.micro_batches += 1
+        groups = stage_parameter_groups(model)
+        self.steps.append(
+            {
+                "step": state.global_step,
+                "grads": {role: [param.grad is not None for _, param in named] for role, named in groups.items()},
+                "trainable": {role: [param.requires_grad for _, param in named] for role, named in groups.items()},
+                "lr": {group["name"]: group["lr"] for group in optimizer.param_groups},
+                "lora": torch.cat([param.detach().flatten().clone() for _, param in groups[LORA]]),
+            }
+        )
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {
+        name: param.detach().clone() for role, named in stage_parameter_groups(model).items() for name, param in named
+    }
+
+
+@pytest.mark.parametrize(("batch_size", "accumulation"), [(4, 1), (2, 2)])
+def test_one_train_call_runs_stage_one_then_stage_two(tiny_backbones, corpus, tmp_path, batch_size, accumulation):
+    argv = run_argv(
+        tiny_backbones,
+        corpus,
+        tmp_path / "run",
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+    )
+    run = train_hf.prepare_run(argv)
+    recorder = StepRecorder()
+    run.trainer.add_callback(recorder)
+    lora_params = [param for _, param in stage_parameter_groups(run.trainer.model)[LORA]]
+    lora_before = torch.cat([param.detach().flatten().clone() for param in lora_params])
+    run.trainer.train()
+
+    schedule = run.trainer.stage_callback.schedule
+    assert (schedule.stage1_steps, schedule.stage2_steps) == (4, 4)  # 16 clips / 4 per optimizer step
+    assert [entry["step"] for entry in recorder.steps] == list(range(8))
+    for entry in recorder.steps:
+        stage = 1 if entry["step"] < 4 else 2
+        assert all(entry["grads"][PROJECTOR]) and all(entry["trainable"][PROJECTOR])
+        if stage == 1:
+            assert not any(entry["grads"][LORA]), "LoRA gets no gradient in stage 1"
+        else:
+            assert all(entry["grads"][LORA]), "every LoRA matrix gets a gradient in stage 2"
+        assert all(entry["trainable"][LORA]) == (stage == 2)
+        assert entry["lr"][PROJECTOR] == pytest.approx(schedule.learning_rate(entry["step"], PROJECTOR))
+        assert entry["lr"][LORA] == pytest.approx(schedule.learning_rate(entry["step"], LORA))
+        assert (entry["lr"][LORA] == 0) == (stage == 1)
+    peak_stage1 = max(entry["lr"][PROJECTOR] for entry in recorder.steps[:4])
+    peak_stage2 = max(entry["lr"][PROJECTOR] for entry in recorder.steps[4:])
+    assert peak_stage1 == pytest.approx(1e-3) and peak_stage2 == pytest.approx(1e-3)
+    # LoRA stays untouched through stage 1 and moves in stage 2.
+    assert torch.equal(recorder.steps[4]["lora"], lora_before)
+    lora_after = torch.cat([param.detach().flatten() for param in lora_params])
+    assert not torch.equal(lora_after, lora_before)
+    assert recorder.micro_batches == 2 * 16 // batch_size  # every clip of both epochs, in micro-batches
+    logged = [entry for entry in run.trainer.state.log_history if "loss" in entry]
+    assert [entry["stage"] for entry in logged] == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert [entry["learning_rate_lora"] for entry in logged[:4]] == [0.0] * 4
+
+
+def test_resume_in_stage_two_equals_an_uninterrupted_run(tiny_backbones, corpus, tmp_path):
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 6:
+                control.should_training_stop = True
+
+    common = {"save_strategy": "steps", "save_steps": 1, "lora_dropout": 0.05}
+    uninterrupted = train_hf.prepare_run(run_argv(tiny_backbones, corpus, tmp_path / "full", **common))
+    uninterrupted.trainer.train()
+
+    killed = train_hf.prepare_run(run_argv(tiny_backbones, corpus, tmp_path / "resumed", **common))
+    killed.trainer.add_callback(StopAt())
+    killed.trainer.train()
+    assert killed.trainer.state.global_step == 6
+    checkpoint = tmp_path / "resumed" / "checkpoint-6"
+    assert checkpoint.is_dir()
+
+    resumed = train_hf.prepare_run(run_argv(tiny_backbones, corpus, tmp_path / "resumed", **common))
+    recorder = StepRecorder()
+    resumed.trainer.add_callback(recorder)
+    resumed.trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert [entry["step"] for entry in recorder.steps] == [6, 7]
+    assert all(all(entry["trainable"][LORA]) and all(entry["grads"][LORA]) for entry in recorder.steps)
+    schedule = resumed.trainer.stage_callback.schedule
+    assert recorder.steps[0]["lr"][LORA] == pytest.approx(schedule.learning_rate(6, LORA)) > 0
+
+    expected, got = trainable_state(uninterrupted.trainer.model), trainable_state(resumed.trainer.model)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tiny_backbones, corpus, tmp_path):
+    common = {"save_strategy": "no", "final_eval": False}
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    single = run_argv(tiny_backbones, corpus, single_dir, per_device_train_batch_size=4, **common)
+    ddp = run_argv(tiny_backbones, corpus, ddp_dir, per_device_train_batch_size=2, **common)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for argv, launcher in (
+        (single, [sys.executable, "train_hf.py"]),
+        (
+            ddp,
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                "configs/accelerate/cpu_ddp.yaml",
+                "train_hf.py",
+            ],
+        ),
+    ):
+        completed = subprocess.run(
+            [*launcher, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert completed.returncode == 0, completed.stderr[-4000:]
+    ddp_log = completed.stderr + completed.stdout
+    assert "world size" in ddp_log.lower() or "num processes" in ddp_log.lower() or ddp_dir.exists()
+
+    single_weights = load_file(single_dir / "final" / "model.safetensors")
+    ddp_weights = load_file(ddp_dir / "final" / "model.safetensors")
+    assert single_weights.keys() == ddp_weights.keys()
+    moved = [name for name in single_weights if "multi_modal_projector" in name or "layers.0.self_attn.q_proj" in name]
+    assert moved
+    for name in single_weights:
+        torch.testing.assert_close(ddp_weights[name], single_weights[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_yaml_presets_parse_and_command_line_overrides_them():
+    model_args, data_args, training_args = parse_arguments(
+        [str(REPO_ROOT / "configs" / "demo.yaml"), "--stage1_epochs", "3", "--output_dir", "/tmp/kvcap-x"]
+    )
+    assert training_args.stage1_epochs == 3 and training_args.num_train_epochs == 3 + 3
+    assert data_args.demo_assets and not model_args.load_in_4bit
+    for projector in ("linear", "mlp_2l", "perceiver", "c_abstractor"):
+        model_args, data_args, training_args = parse_arguments(
+            # bf16 is what the presets ask for on a GPU; this machine has none.
+            [str(REPO_ROOT / "configs" / f"{projector}.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
+        )
+        assert model_args.projector_type == projector and model_args.load_in_4bit
+        assert model_args.text_model_name_or_path == "Qwen/Qwen3-8B"
+        assert (training_args.stage1_learning_rate, training_args.stage2_learning_rate) == (1e-3, 5e-5)
+        assert (training_args.stage1_epochs, training_args.stage2_epochs) == (2, 3)
+        assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.05)
+
+
+def test_a_preset_without_data_dir_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments([str(REPO_ROOT / "configs" / "linear.yaml"), "--bf16", "false"])
+    assert "--data_dir" in capsys.readouterr().err
+
+
+CLEAN_CAPTION = r"""
+import json, sys
+folder, video, output = sys.argv[1:]
+import torch
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+inputs = processor(videos=[video])
+with torch.no_grad():
+    generated = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+caption = processor.batch_decode(generated, prompt_length=inputs["input_ids"].shape[1])[0]
+json.dump({"caption": caption, "class": type(model).__module__}, open(output, "w"), ensure_ascii=False)
+"""
+
+
+def test_final_folder_loads_in_one_line_where_kvcap_is_not_installed(tiny_backbones, corpus, tmp_path):
+    output_dir = tmp_path / "run"
+    metrics = train_hf.main(run_argv(tiny_backbones, corpus, output_dir, final_eval=True, hub_model_id="org/kvcap-mlp"))
+    final = output_dir / "final"
+    assert {"val_meteor", "val_meteor_shuffled_floor", "val_unique_ratio"} <= set(metrics)
+    assert json.loads((final / "eval_metrics.json").read_text()) == metrics
+    card = (final / "README.md").read_text(encoding="utf-8")
+    assert 'AutoModel.from_pretrained("org/kvcap-mlp", trust_remote_code=True)' in card
+    assert "val_meteor" in card
+    assert (final / "adapter" / "adapter_model.safetensors").exists()
+
+    video = sorted((corpus / "val" / "videos").glob("*.mp4"))[0]
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(final).eval()
+    processor = AutoProcessor.from_pretrained(final, trust_remote_code=True)
+    inputs = processor(videos=[str(video)])
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    expected = processor.batch_decode(generated, prompt_length=inputs["input_ids"].shape[1])[0]
+
+    output = tmp_path / "caption.json"
+    run_in_clean_interpreter(CLEAN_CAPTION, str(final), str(video), str(output), workdir=tmp_path)
+    loaded = json.loads(output.read_text(encoding="utf-8"))
+    assert loaded["class"].startswith("transformers_modules.")
+    assert loaded["caption"] == expected and expected
