@@ -164,6 +164,12 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
         callbacks=[monitor],
     )
     monitor.trainer = trainer
+    args = training_args
+    logger.info(
+        f"kvcap training on {args.world_size} process(es): global batch {args.world_size} x "
+        f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} (accumulation) = "
+        f"{args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} clips per step"
+    )
     return TrainingRun(trainer, processor, eval_dataset, model_args, data_args, training_args, push_to_hub)
 
 
@@ -222,6 +228,21 @@ def final_evaluation(model, processor, eval_dataset, training_args: KVCapTrainin
         "val_distinct_2": spread["distinct_2"],
         "val_num_clips": len(predictions),
     }
+    attributes = _labelled_attributes(eval_dataset)
+    if attributes is not None:
+        from scripts.make_demo_corpus import attribute_report
+
+        report = attribute_report(predictions, attributes, seed=training_args.seed)
+        metrics.update({f"val_{key}": value for key, value in report.items()})
+        print(
+            "attributes named (chance in brackets): "
+            + ", ".join(
+                f"{key} {report[f'recall_{key}']:.0%} ({report[f'chance_{key}']:.0%})"
+                for key in ("colour", "shape", "object", "motion", "time_of_day", "category")
+            )
+            + f"; objects of held-out colour x shape pairs {report['held_out_object_recall']:.0%}"
+            f" of {report['num_held_out_objects']}"
+        )
     (final_dir / "eval_metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
     with (final_dir / "eval_predictions.jsonl").open("w", encoding="utf-8") as handle:
         for row, prediction in zip(eval_dataset, predictions, strict=True):
@@ -233,6 +254,19 @@ def final_evaluation(model, processor, eval_dataset, training_args: KVCapTrainin
         f"| distinct-2 {spread['distinct_2']:.3f}"
     )
     return metrics
+
+
+def _labelled_attributes(eval_dataset) -> list[dict] | None:
+    """Ground-truth visual attributes from the labels' metadata (the demo corpus has them), else None."""
+    if "metadata" not in eval_dataset.column_names:
+        return None
+    attributes = []
+    for metadata in eval_dataset["metadata"]:
+        found = json.loads(metadata).get("attributes") if metadata else None
+        if not isinstance(found, dict) or "objects" not in found:
+            return None
+        attributes.append(found)
+    return attributes
 
 
 if __name__ == "__main__":

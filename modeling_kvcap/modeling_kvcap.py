@@ -345,13 +345,15 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         video_features: torch.FloatTensor | None = None,
         is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
+        # `inputs_embeds` is named here because generate() checks this signature before accepting it.
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, cache=cache, is_first_iteration=is_first_iteration, **kwargs
+            input_ids, cache=cache, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
         )
         # The video is encoded once, at prefill; later steps read it from the KV cache.
         if is_first_iteration or not kwargs.get("use_cache", True):

@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -333,7 +334,7 @@ def render_frames(scene: dict[str, Any], size: int, num_frames: int, rng: np.ran
     """(T, H, W, 3) uint8 RGB frames for a scene; fills ``path`` and ``radius_px`` into its objects."""
     h = w = size
     sky_h = round(0.75 * h)  # objects stay in the sky so the ground band (category cue) is never covered
-    r = max(4.0, round(0.1 * size, 1))
+    r = max(4.0, round(0.14 * size, 1))  # large enough that shape survives downscaling to the tiny 48 px
     bg = _background(scene, h, w, sky_h, rng)
     paths = _paths(scene, w, sky_h, r, rng)
     frames = np.repeat(bg[None], num_frames, axis=0)
@@ -538,7 +539,7 @@ def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
     """Fraction of the ground-truth facts a caption states: per-object colour+shape (as the adjacent phrase
     "빨간색 원"), per-object motion (its phrase in the same sentence as the object), time of day (sky colour
     word or time phrase), and category. Returns values in [0, 1] plus their mean under ``"all"``."""
-    sentences = [s for s in text.replace("!", ".").replace("?", ".").split(".") if s.strip()]
+    sentences = _sentences(text)
     objs = attributes["objects"]
     obj_hits = motion_hits = 0
     for o in objs:
@@ -556,6 +557,61 @@ def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
     }
     scores["all"] = sum(scores.values()) / len(scores)
     return scores
+
+
+def attribute_report(
+    predictions: list[str], attributes: list[dict[str, Any]], seed: int = 0
+) -> dict[str, float]:
+    """How often captions name their clip's attributes, against chance.
+
+    ``recall_*``: mean :func:`attribute_recall` per fact; ``held_out_object_recall``: the same for objects of
+    held-out colour x shape pairs only (never seen in training); ``chance_*``: each caption scored against
+    another clip's attributes (a seeded derangement), i.e. what naming attributes without looking scores.
+    """
+    if len(predictions) != len(attributes):
+        raise ValueError(f"{len(predictions)} predictions for {len(attributes)} attribute sets.")
+    scores = [attribute_recall(text, attrs) for text, attrs in zip(predictions, attributes, strict=True)]
+    order = list(range(len(predictions)))
+    if len(order) > 1:
+        rng = np.random.default_rng(seed)
+        # Sattolo's shuffle: a single cycle, so no caption is scored against its own clip.
+        for i in range(len(order) - 1, 0, -1):
+            j = int(rng.integers(i))
+            order[i], order[j] = order[j], order[i]
+    chance = [attribute_recall(predictions[i], attributes[k]) for i, k in enumerate(order)]
+    for score, text, attrs in zip(scores, predictions, attributes, strict=True):
+        score.update(_part_recall(text, attrs))
+    for score, index, other in zip(chance, range(len(order)), order, strict=True):
+        score.update(_part_recall(predictions[index], attributes[other]))
+    held_out_hits = [
+        _mentions_noun_anywhere(text, f"{obj['color']} {obj['shape']}")
+        for text, attrs in zip(predictions, attributes, strict=True)
+        for obj in attrs["objects"]
+        if obj.get("held_out")
+    ]
+    report: dict[str, float] = {}
+    for key in scores[0] if scores else ():
+        report[f"recall_{key}"] = float(np.mean([score[key] for score in scores]))
+        report[f"chance_{key}"] = float(np.mean([score[key] for score in chance]))
+    report["held_out_object_recall"] = float(np.mean(held_out_hits)) if held_out_hits else float("nan")
+    report["num_held_out_objects"] = len(held_out_hits)
+    return report
+
+
+def _part_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
+    """Colour and shape of each object named anywhere, separately (a shape word must stand as a word)."""
+    objects = attributes["objects"]
+    colours = sum(obj["color"] in text for obj in objects)
+    shapes = sum(bool(re.search(rf"(^|\s){obj['shape']}(이|가|은|는|을|를|과|와|\s|$)", text)) for obj in objects)
+    return {"colour": colours / len(objects), "shape": shapes / len(objects)}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in text.replace("!", ".").replace("?", ".").split(".") if s.strip()]
+
+
+def _mentions_noun_anywhere(text: str, noun: str) -> bool:
+    return any(_mentions_noun(sentence, noun) for sentence in _sentences(text))
 
 
 def _mentions_noun(sentence: str, noun: str) -> bool:

@@ -6,7 +6,9 @@ Korean, so the miniature gets the same head start, in a minute or two on 2 CPU c
 
 - the vision tower is trained contrastively as CLIP is (image–text InfoNCE, with a tiny CLIP text tower that is
   thrown away afterwards) on single frames of rendered scenes from the train distribution only: held-out
-  colour × shape pairs are never shown, so they stay novel for the whole system;
+  colour × shape pairs are never shown, so they stay novel for the whole system. The text is what one frame
+  shows (each object's colour and shape, the sky, the ground), not the templated caption, in which objects are
+  a few words among many;
 - the language model learns the corpus language: chat-formatted captions after kvcap's prompt (no video).
 """
 
@@ -34,10 +36,16 @@ def _clip_pixels(frames: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
 
 
+def visible_facts(scene: dict) -> str:
+    """What a single frame shows, e.g. "빨간색 원, 파란색 사각형. 주황색 하늘. 자연"."""
+    objects = ", ".join(f"{obj['color']} {obj['shape']}" for obj in scene["objects"])
+    return f"{objects}. {scene['sky_color']} 하늘. {scene['category']}"
+
+
 def pretrain_vision_tower(
     vision: CLIPVisionModel,
     tokenizer: PreTrainedTokenizerBase,
-    steps: int = 200,
+    steps: int = 800,
     batch_size: int = 64,
     num_scenes: int = 1200,
     learning_rate: float = 2e-3,
@@ -51,7 +59,7 @@ def pretrain_vision_tower(
     image_size = vision.config.image_size
     scenes = sample_training_scenes(num_scenes, seed=seed, size=image_size * 2, num_frames=8)
     frames = np.stack([clip for clip, _, _ in scenes])  # (N, T, S, S, 3)
-    captions = [caption + tokenizer.eos_token for _, caption, _ in scenes]
+    captions = [visible_facts(scene) + tokenizer.eos_token for _, _, scene in scenes]
     encoded = tokenizer(captions, padding=True, return_tensors="pt", add_special_tokens=False)
 
     config = CLIPConfig(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -107,8 +109,16 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
         argv = yaml_to_argv(argv[0]) + argv[1:]
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not torch.cuda.is_available():
+        # Without use_cpu the processes of a CPU launch would each train alone, silently.
+        argv += ["--use_cpu", "true"]
     parser = HfArgumentParser((ModelArguments, DataArguments, KVCapTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if not data_args.data_dir:
         parser.error("--data_dir (an AI-Hub corpus root) is required.")
+    if training_args.world_size != world_size:
+        raise RuntimeError(
+            f"Launched as {world_size} processes but training would run with world size {training_args.world_size}."
+        )
     return model_args, data_args, training_args

@@ -1,0 +1,321 @@
+"""Benchmark kvcap caption generation: one batched ``generate`` call vs the seed's per-sample loop.
+
+For each projector it times, in one process and interleaved run by run:
+
+* **batched**: ``model.generate(input_ids, attention_mask, pixel_values_videos=B clips)``, one call for B clips:
+  left-padded prompts, the video encoded once at prefill, KV cache (what ``eval_hf.generate_captions`` does);
+* **seed loop**: the seed's way, one clip at a time: CLIP features and the projector run by hand, the prompt's text
+  embeddings are concatenated around the projected video tokens, and the language model's
+  ``Qwen3ForCausalLM.generate(inputs_embeds=...)`` is called per clip (HF's KV cache inside each call, batch size 1).
+  The ``Qwen3ForCausalLM`` shares kvcap's language-model and head weights, so both paths run the same network.
+
+Both decode greedily with the seed's repetition penalty 1.2 and exactly ``--max-new-tokens`` tokens
+(``min_new_tokens`` = ``max_new_tokens``), so they do the same work per caption; the script checks that both give
+the same tokens. linear / mlp_2l put ``T × P`` video tokens per clip in the prompt, perceiver / c_abstractor
+``num_query_tokens``.
+
+Shapes:
+
+* default (CPU): randomly initialised CLIP and Qwen3 larger than the test suite's tiny ones, so that model work, not
+  Python overhead, dominates: 96 px frames in 8 px patches (12 × 12 = 144 patches, 8 × 144 = 1,152 video tokens for
+  linear / mlp_2l against 64 query tokens; real size is 4,608 against 64), CLIP 128 wide × 4 layers, Qwen3 256 wide
+  × 4 layers, the shipped tiny Korean tokenizer;
+* ``--real-shape``: CLIP-ViT-L/14-336 and Qwen3-8B (``KVCapConfig()`` defaults), randomly initialised on the device
+  in bfloat16, nothing downloaded; ``--text-layers`` / ``--vision-layers`` shrink them to fit or to go faster.
+
+Run from the repository root::
+
+    python bench/bench_generate.py --batch-size 8 --max-new-tokens 64 --runs 3 --threads 1
+    python bench/bench_generate.py --real-shape --device cuda --batch-size 8 --max-new-tokens 256 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+
+from eval_hf import generate_captions  # noqa: E402
+from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration  # noqa: E402
+from modeling_kvcap.configuration_kvcap import CLIP_VIT_L_14_336, QWEN3_8B  # noqa: E402
+from processing.processing_kvcap import KVCapProcessor  # noqa: E402
+from scripts.make_tiny_backbones import load_tokenizer  # noqa: E402
+
+PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
+
+
+def cpu_bench_config(projector_type: str, tokenizer, args: argparse.Namespace) -> KVCapConfig:
+    """Random CLIP + Qwen3 a notch above the test suite's tiny ones (see the module docstring)."""
+    vision = CLIPVisionConfig(
+        hidden_size=128,
+        intermediate_size=512,
+        projection_dim=64,
+        num_hidden_layers=args.vision_layers or 4,
+        num_attention_heads=4,
+        image_size=args.image_size,
+        patch_size=8,
+    )
+    text = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=args.text_layers or 4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return KVCapConfig(
+        vision_config=vision,
+        text_config=text,
+        projector_type=projector_type,
+        num_query_tokens=args.num_query_tokens,
+        perceiver_depth=2,
+        perceiver_num_heads=4,
+        abstractor_depth=1,
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+    )
+
+
+def real_shape_config(projector_type: str, tokenizer, args: argparse.Namespace) -> KVCapConfig:
+    """CLIP-ViT-L/14-336 + Qwen3-8B as ``KVCapConfig()`` describes them, optionally with fewer layers.
+
+    The tiny tokenizer's ids all lie inside Qwen3's vocabulary, so prompts are built with it; the prompt's text part
+    is a few tokens shorter than with Qwen3's tokenizer, next to 4,608 (or 64) video tokens.
+    """
+    vision = CLIPVisionConfig(**{**CLIP_VIT_L_14_336, "num_hidden_layers": args.vision_layers or 24})
+    text = Qwen3Config(**{**QWEN3_8B, "num_hidden_layers": args.text_layers or 36})
+    return KVCapConfig(
+        vision_config=vision,
+        text_config=text,
+        projector_type=projector_type,
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+    )
+
+
+def build(config: KVCapConfig, device: str, dtype: torch.dtype, seed: int) -> KVCapForConditionalGeneration:
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        # Built directly on the device in the target dtype: an 8B model never passes through CPU float32.
+        with torch.device(device):
+            model = KVCapForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def make_processor(tokenizer, config: KVCapConfig) -> KVCapProcessor:
+    size = config.vision_config.image_size
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return KVCapProcessor(image_processor, tokenizer, num_video_tokens=config.num_video_tokens)
+
+
+def generation_kwargs(tokens: int, pad_token_id: int) -> dict:
+    # A fixed length makes both methods do the same work whatever a random model emits.
+    return {
+        "do_sample": False,
+        "max_new_tokens": tokens,
+        "min_new_tokens": tokens,
+        "repetition_penalty": 1.2,
+        "pad_token_id": pad_token_id,
+    }
+
+
+def batched_generate(model, processor, frames: np.ndarray, gen: dict) -> list[str]:
+    """kvcap's path: ``eval_hf.generate_captions`` on all clips in one batch (one ``generate`` call)."""
+    return generate_captions(model, processor, list(frames), batch_size=len(frames), **gen)
+
+
+def seed_causal_lm(model: KVCapForConditionalGeneration) -> Qwen3ForCausalLM:
+    """The seed's language model object: a ``Qwen3ForCausalLM`` sharing kvcap's language model and head weights."""
+    with torch.device("meta"):
+        causal_lm = Qwen3ForCausalLM(model.config.text_config)
+    causal_lm.model = model.language_model
+    causal_lm.lm_head = model.lm_head
+    causal_lm.generation_config = model.generation_config
+    return causal_lm.eval()
+
+
+@torch.inference_mode()
+def seed_loop_generate(model, processor, frames: np.ndarray, gen: dict) -> list[str]:
+    """The seed's loop: per clip, preprocessing, vision tower and projector by hand, text embeddings concatenated
+    around the video tokens, then ``Qwen3ForCausalLM.generate(inputs_embeds=...)``."""
+    device = model.get_input_embeddings().weight.device
+    ids = torch.tensor(processor.prompt_ids(), device=device)
+    video_positions = (ids == processor.video_token_id).nonzero().flatten()
+    before, after = ids[: video_positions[0]], ids[video_positions[-1] + 1 :]
+    embed = model.get_input_embeddings()
+    causal_lm = seed_causal_lm(model)
+    projector_dtype = next(model.multi_modal_projector.parameters()).dtype
+    captions = []
+    for clip in frames:
+        pixel_values = processor.process_videos([clip]).to(device)
+        features = model.model.get_vision_tower_features(pixel_values)
+        video = model.multi_modal_projector(features.to(projector_dtype))
+        text_before, text_after = embed(before)[None], embed(after)[None]
+        inputs_embeds = torch.cat([text_before, video.to(text_before.dtype), text_after], dim=1)
+        attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=device)
+        # With only inputs_embeds, generate returns just the new tokens (and penalises only those).
+        new_tokens = causal_lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **gen)
+        captions.append(processor.batch_decode(new_tokens)[0])
+    return captions
+
+
+def timed(fn: Callable[..., list[str]], *args, device: str) -> tuple[float, list[str]]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn(*args)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def machine_description(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__} "
+        f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}"
+    )
+
+
+def run(args: argparse.Namespace) -> str:
+    tokenizer = load_tokenizer()
+    dtype = torch.bfloat16 if args.real_shape else torch.float32
+    rows = []
+    for projector_type in args.projectors:
+        make_config = real_shape_config if args.real_shape else cpu_bench_config
+        config = make_config(projector_type, tokenizer, args)
+        model = build(config, args.device, dtype, args.seed)
+        processor = make_processor(tokenizer, config)
+        size = config.vision_config.image_size
+        generator = torch.Generator().manual_seed(args.seed)
+        # uint8 frames at the model's size, as read_video_frames(path, size=...) returns them.
+        clips = torch.randint(0, 256, (args.batch_size, config.num_frames, size, size, 3), generator=generator)
+        clips = clips.to(torch.uint8).numpy()
+        gen = generation_kwargs(args.max_new_tokens, tokenizer.pad_token_id)
+
+        # Warm-up on two clips: first calls allocate and pick kernels.
+        batched_generate(model, processor, clips[:2], {**gen, "max_new_tokens": 2, "min_new_tokens": 2})
+        seed_loop_generate(model, processor, clips[:2], {**gen, "max_new_tokens": 2, "min_new_tokens": 2})
+        batched_times, seed_times = [], []
+        for _ in range(args.runs):
+            seconds, batched_captions = timed(batched_generate, model, processor, clips, gen, device=args.device)
+            batched_times.append(seconds)
+            seconds, seed_captions = timed(seed_loop_generate, model, processor, clips, gen, device=args.device)
+            seed_times.append(seconds)
+        same = sum(a == b for a, b in zip(batched_captions, seed_captions, strict=True))
+        batched_s, seed_s = statistics.median(batched_times), statistics.median(seed_times)
+        prompt_tokens = len(processor.prompt_ids())
+        rows.append(
+            {
+                "projector": projector_type,
+                "video_tokens": config.num_video_tokens,
+                "prompt_tokens": prompt_tokens,
+                "batched": args.batch_size / batched_s,
+                "seed": args.batch_size / seed_s,
+                "ratio": seed_s / batched_s,
+                "batched_s": batched_s,
+                "seed_s": seed_s,
+                "same": same,
+            }
+        )
+        print(
+            f"{projector_type:>12}: batched {rows[-1]['batched']:.3f} captions/s, seed loop {rows[-1]['seed']:.3f} "
+            f"captions/s, x{rows[-1]['ratio']:.2f}; identical captions {same}/{args.batch_size}",
+            file=sys.stderr,
+            flush=True,
+        )
+        del model
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return format_table(rows, args)
+
+
+def format_table(rows: list[dict], args: argparse.Namespace) -> str:
+    shape = "real shape (CLIP-ViT-L/14-336 + Qwen3-8B, random bf16)" if args.real_shape else "CPU bench shape"
+    if args.real_shape and (args.text_layers or args.vision_layers):
+        shape += f", {args.text_layers or 36} text layers, {args.vision_layers or 24} vision layers"
+    lines = [
+        f"{shape}; batch {args.batch_size} clips; {args.max_new_tokens} new tokens per caption (greedy, "
+        f"repetition penalty 1.2); median of {args.runs} runs; {machine_description(args.device)}",
+        "",
+        "| projector | video tokens / clip | prompt tokens / clip | batched captions/s | seed loop captions/s "
+        "| batched ÷ seed | batched s / batch | seed s / batch | identical captions |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['projector']} | {row['video_tokens']:,} | {row['prompt_tokens']:,} | {row['batched']:.3f} "
+            f"| {row['seed']:.3f} | **{row['ratio']:.2f}×** | {row['batched_s']:.2f} | {row['seed_s']:.2f} "
+            f"| {row['same']}/{args.batch_size} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per batch (B)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per caption")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per method (median reported)")
+    parser.add_argument("--projectors", nargs="+", default=list(PROJECTOR_TYPES), choices=PROJECTOR_TYPES)
+    parser.add_argument("--image-size", type=int, default=96, help="CPU shape: frame side (8 px patches)")
+    parser.add_argument("--num-query-tokens", type=int, default=64, help="CPU shape: perceiver / c_abstractor")
+    parser.add_argument("--real-shape", action="store_true", help="CLIP-ViT-L/14-336 + Qwen3-8B, random, bf16")
+    parser.add_argument("--text-layers", type=int, default=None, help="language-model layers (default: full)")
+    parser.add_argument("--vision-layers", type=int, default=None, help="vision-tower layers (default: full)")
+    parser.add_argument("--device", default=None, help="default: cuda with --real-shape when available, else cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (1 keeps timings stable on a shared CPU)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if args.real_shape and torch.cuda.is_available() else "cpu"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = run(args)
+    command = "python bench/bench_generate.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = f"`{command.strip()}`\n\n{table}"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

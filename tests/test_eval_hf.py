@@ -1,0 +1,265 @@
+"""eval_hf.py end to end on a tiny demo corpus with a tiny saved checkpoint, the caption command, the report, and
+batched generation against one clip at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval_hf
+from evaluation.report import render_report
+from modeling_kvcap import KVCapForConditionalGeneration
+from scripts.make_demo_corpus import generate_corpus
+from scripts.make_tiny_backbones import TINY_NUM_QUERY_TOKENS
+
+from .conftest import REPO_ROOT, tiny_processor
+
+NUM_VAL = 6
+BROKEN_ID = "kvcap_demo_val_broken"
+GENERATION_ARGS = ["--max_new_tokens", "12", "--no_progress"]
+
+
+def _tiny_model(tiny_backbones: dict[str, Path], projector_type: str) -> KVCapForConditionalGeneration:
+    torch.manual_seed(0)
+    return KVCapForConditionalGeneration.from_pretrained_backbones(
+        tiny_backbones["clip-vision"],
+        tiny_backbones["qwen3"],
+        projector_type=projector_type,
+        num_query_tokens=TINY_NUM_QUERY_TOKENS,
+        perceiver_depth=2,
+        perceiver_num_heads=2,
+        abstractor_depth=1,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six demo val clips, plus one clip whose mp4 is cut short: it passes the header check but cannot be decoded."""
+    root = tmp_path_factory.mktemp("eval-corpus")
+    generate_corpus(root, num_train=0, num_val=NUM_VAL, seed=0)
+    videos, labels = root / "val" / "videos", root / "val" / "labels"
+    whole = (videos / "kvcap_demo_val_00000.mp4").read_bytes()
+    (videos / f"{BROKEN_ID}.mp4").write_bytes(whole[: len(whole) // 3])
+    shutil.copy(labels / "kvcap_demo_val_00000.json", labels / f"{BROKEN_ID}.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_backbones: dict[str, Path], tiny_tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model and its processor saved into one folder: a complete checkpoint."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    model = _tiny_model(tiny_backbones, "mlp_2l")
+    model.save_pretrained(folder)
+    tiny_processor(tiny_tokenizer, model.config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def eval_run(corpus: Path, checkpoint: Path, tiny_backbones: dict[str, Path], tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval-out")
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(corpus), "--split", "val"]
+    argv += ["--output_dir", str(out), "--siglip_model_name_or_path", str(tiny_backbones["siglip"])]
+    assert eval_hf.main([*argv, "--batch_size", "4", *GENERATION_ARGS]) == 0
+    return out
+
+
+class _ReportParser(HTMLParser):
+    """Collects per clip row: its frame images and the text of its caption and reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict] = []
+        self.scripts = 0
+        self._span: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        elif tag == "tr" and attributes.get("class") == "clip":
+            self.rows.append({"images": [], "prediction": "", "reference": ""})
+        elif tag == "img" and self.rows:
+            self.rows[-1]["images"].append(attributes["src"])
+        elif tag == "span" and attributes.get("class") in ("prediction", "reference"):
+            self._span = attributes["class"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "span":
+            self._span = None
+
+    def handle_data(self, data: str) -> None:
+        if self._span and self.rows:
+            self.rows[-1][self._span] += data
+
+
+def _parse_report(path: Path) -> _ReportParser:
+    parser = _ReportParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return parser
+
+
+def _labels(corpus: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (corpus / "val" / "labels").glob("*.json")}
+
+
+def test_evaluation_writes_predictions_metrics_and_report(eval_run: Path, corpus: Path) -> None:
+    labels = _labels(corpus)
+    rows = [json.loads(line) for line in (eval_run / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["video_id"] for r in rows) == sorted(stem for stem in labels if stem != BROKEN_ID)
+    for row in rows:
+        label = labels[row["video_id"]]
+        assert row["reference"] == label["annotation"]["description_kr"]
+        assert row["category"] == label["category"]
+        assert isinstance(row["prediction"], str) and 1 <= row["num_tokens"] <= 12
+        assert row["finished"] or row["num_tokens"] == 12
+        assert 0.0 <= row["scores"]["meteor"] <= 1.0 and 0.0 <= row["scores"]["siglip_score"] <= 1.0
+        assert 0.0 <= row["scores"]["attribute_recall"] <= 1.0
+
+    metrics = json.loads((eval_run / "metrics.json").read_text(encoding="utf-8"))
+    overall = metrics["overall"]
+    assert overall["num_clips"] == NUM_VAL
+    assert overall["meteor"] == pytest.approx(sum(r["scores"]["meteor"] for r in rows) / NUM_VAL)
+    assert overall["meteor_floor"] is not None and overall["siglip_floor"] is not None
+    diversity = overall["diversity"]
+    assert diversity["num_captions"] == NUM_VAL
+    assert diversity["num_unique"] == len({" ".join(r["prediction"].split()) for r in rows})
+    assert {"distinct_1", "distinct_2", "self_bleu_4", "vocab_size"} <= set(diversity)
+    assert set(metrics["per_category"]) == {r["category"] for r in rows}
+    assert sum(c["num_clips"] for c in metrics["per_category"].values()) == NUM_VAL
+    assert metrics["targets"]["meteor"]["target"] == 0.40
+    assert metrics["targets"]["meteor"]["passed"] is (overall["meteor"] > 0.40)
+    assert metrics["targets"]["diversity"]["value"] == diversity["unique_ratio"]
+    assert metrics["siglip"]["skipped"] is False
+    assert metrics["generation"]["max_new_tokens"] == 12 and metrics["generation"]["repetition_penalty"] == 1.2
+    # The broken clip is counted and named, not dropped silently.
+    assert metrics["num_unreadable"] == 1
+    assert metrics["unreadable_videos"][0]["video_path"].endswith(f"{BROKEN_ID}.mp4")
+
+    report = _parse_report(eval_run / "report.html")
+    assert len(report.rows) == NUM_VAL
+    by_prediction = sorted((r["prediction"], r["reference"]) for r in report.rows)
+    assert by_prediction == sorted((r["prediction"], r["reference"]) for r in rows)
+    for row in report.rows:
+        assert len(row["images"]) == 8 and all(src.startswith("data:image/jpeg;base64,") for src in row["images"])
+    assert f"{BROKEN_ID}.mp4" in (eval_run / "report.html").read_text(encoding="utf-8")
+
+
+def test_scoring_saved_predictions_reproduces_the_metrics(
+    eval_run: Path, tiny_backbones: dict[str, Path], tmp_path: Path
+) -> None:
+    argv = ["--predictions", str(eval_run / "predictions.jsonl"), "--output_dir", str(tmp_path)]
+    assert eval_hf.main([*argv, "--siglip_model_name_or_path", str(tiny_backbones["siglip"]), "--no_progress"]) == 0
+    first = json.loads((eval_run / "metrics.json").read_text(encoding="utf-8"))
+    again = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("overall", "per_category", "targets", "all_targets_passed"):
+        assert again[key] == first[key], key
+    assert len(_parse_report(tmp_path / "report.html").rows) == NUM_VAL
+
+    # Without a SigLIP model the score is skipped, and metrics.json says so.
+    assert eval_hf.main([*argv, "--no_progress"]) == 0
+    skipped = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert skipped["siglip"]["skipped"] is True and "siglip" in skipped["siglip"]["note"].lower()
+    assert skipped["targets"]["siglip_score"]["passed"] is None and skipped["targets"]["siglip_score"]["note"]
+    assert skipped["overall"]["meteor"] == first["overall"]["meteor"]
+
+
+def test_report_escapes_captions() -> None:
+    hostile = "<script>alert('x')</script> & \"따옴표\" <b>굵게</b>"
+    metrics = {
+        "overall": {
+            "num_clips": 1,
+            "meteor": 0.1,
+            "meteor_floor": 0.05,
+            "diversity": {
+                "unique_ratio": 0.2,
+                "num_unique": 1,
+                "num_captions": 5,
+                "top_share": 1.0,
+                "distinct_1": 0.1,
+                "distinct_2": 0.1,
+                "self_bleu_4": 0.9,
+                "vocab_size": 3,
+                "collapsed": True,
+                "collapse_threshold": 0.5,
+            },
+        },
+        "targets": {"meteor": {"target": 0.4, "value": 0.1, "passed": False}},
+    }
+    clip = {"video_id": "a<b", "category": "자연", "prediction": hostile, "reference": hostile, "scores": {}}
+    page = render_report(metrics, [{**clip, "frames": []}])
+    report = _ReportParser()
+    report.feed(page)
+    assert report.scripts == 1, "only the report's own script"
+    assert report.rows[0]["prediction"] == hostile and report.rows[0]["reference"] == hostile
+    assert "Mode collapse" in page
+
+
+def test_caption_command_prints_one_caption_per_video(checkpoint: Path, corpus: Path) -> None:
+    videos = [str(corpus / "val" / "videos" / f"kvcap_demo_val_0000{i}.mp4") for i in (1, 2)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "eval_hf.py", "--model_name_or_path", str(checkpoint), "--video", *videos]
+    done = subprocess.run(
+        [*command, *GENERATION_ARGS], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split("\t", 1)[0] for line in lines] == videos
+
+    model, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu")
+    expected = eval_hf.generate_captions(model, processor, videos, max_new_tokens=12)
+    assert [line.split("\t", 1)[1] for line in lines] == [" ".join(c.split()) for c in expected]
+
+
+def test_caption_command_names_bad_videos(checkpoint: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
+    good = str(corpus / "val" / "videos" / "kvcap_demo_val_00003.mp4")
+    missing = str(corpus / "val" / "videos" / "no_such_clip.mp4")
+    assert eval_hf.main(["--model_name_or_path", str(checkpoint), "--video", good, missing, *GENERATION_ARGS]) == 2
+    assert missing in capsys.readouterr().err
+
+    broken = str(corpus / "val" / "videos" / f"{BROKEN_ID}.mp4")
+    assert eval_hf.main(["--model_name_or_path", str(checkpoint), "--video", broken, good, *GENERATION_ARGS]) == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [good]
+    assert broken in captured.err
+
+    absent_model = str(corpus / "no-such-model")
+    assert eval_hf.main(["--model_name_or_path", absent_model, "--video", good]) == 2
+    assert absent_model in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("projector_type", ["mlp_2l", "perceiver"])
+def test_generate_captions_batched_equals_one_at_a_time(
+    tiny_backbones: dict[str, Path], tiny_tokenizer, corpus: Path, projector_type: str
+) -> None:
+    model = _tiny_model(tiny_backbones, projector_type)
+    processor = tiny_processor(tiny_tokenizer, model.config)
+    clips = [processor.load_frames(corpus / "val" / "videos" / f"kvcap_demo_val_0000{i}.mp4") for i in range(4)]
+    # Prompts of different lengths, so the batch is left padded.
+    prompts = ["설명해주세요.", None, "이 영상을 아주 자세히, 빠짐없이 설명해주세요.", None]
+    model.train()
+    batched = eval_hf.generate_captions(model, processor, clips, batch_size=4, prompt=prompts, max_new_tokens=10)
+    assert model.training, "the caller's train mode is restored"
+    alone = [
+        eval_hf.generate_captions(model, processor, [clip], batch_size=1, prompt=[prompt], max_new_tokens=10)[0]
+        for clip, prompt in zip(clips, prompts, strict=True)
+    ]
+    assert batched == alone
+    assert len(set(batched)) > 1, "different clips and prompts give different captions"
+
+    # Cached encoder features (as the training loop has them) caption the same as frames.
+    pixel_values = processor(videos=clips)["pixel_values_videos"]
+    with torch.no_grad():
+        features = model.model.get_vision_tower_features(pixel_values)
+    from_features = eval_hf.generate_captions(
+        model, processor, video_features=features, batch_size=3, prompt=prompts, max_new_tokens=10
+    )
+    assert from_features == batched
