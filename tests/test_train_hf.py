@@ -160,7 +160,8 @@ def test_resume_in_stage_two_equals_an_uninterrupted_run(tiny_backbones, corpus,
     assert [entry["step"] for entry in recorder.steps] == [6, 7]
     assert all(all(entry["trainable"][LORA]) and all(entry["grads"][LORA]) for entry in recorder.steps)
     schedule = resumed.trainer.stage_callback.schedule
-    assert recorder.steps[0]["lr"][LORA] == pytest.approx(schedule.learning_rate(6, LORA)) > 0
+    assert schedule.learning_rate(6, LORA) > 0
+    assert recorder.steps[0]["lr"][LORA] == pytest.approx(schedule.learning_rate(6, LORA))
 
     expected, got = trainable_state(uninterrupted.trainer.model), trainable_state(resumed.trainer.model)
     assert expected.keys() == got.keys()
@@ -193,15 +194,18 @@ def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tiny_b
         )
         assert completed.returncode == 0, completed.stderr[-4000:]
     ddp_log = completed.stderr + completed.stdout
-    assert "world size" in ddp_log.lower() or "num processes" in ddp_log.lower() or ddp_dir.exists()
+    assert "kvcap training on 2 process(es): global batch 2 x 2 x 1 (accumulation) = 4 clips" in ddp_log
 
     single_weights = load_file(single_dir / "final" / "model.safetensors")
     ddp_weights = load_file(ddp_dir / "final" / "model.safetensors")
     assert single_weights.keys() == ddp_weights.keys()
-    moved = [name for name in single_weights if "multi_modal_projector" in name or "layers.0.self_attn.q_proj" in name]
-    assert moved
+    # Same global batches, same steps: only the order of float reductions (and the per-rank token means) differ.
     for name in single_weights:
-        torch.testing.assert_close(ddp_weights[name], single_weights[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(ddp_weights[name], single_weights[name], rtol=0, atol=2e-4, msg=name)
+    # And training did move the weights, so equality is not trivial.
+    initial = load_file(Path(tiny_backbones["qwen3"]) / "model.safetensors")
+    moved = single_weights["model.language_model.layers.0.self_attn.q_proj.weight"]
+    assert (moved - initial["model.layers.0.self_attn.q_proj.weight"]).abs().max() > 1e-3
 
 
 def test_yaml_presets_parse_and_command_line_overrides_them():
