@@ -559,9 +559,7 @@ def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
     return scores
 
 
-def attribute_report(
-    predictions: list[str], attributes: list[dict[str, Any]], seed: int = 0
-) -> dict[str, float]:
+def attribute_report(predictions: list[str], attributes: list[dict[str, Any]], seed: int = 0) -> dict[str, float]:
     """How often captions name their clip's attributes, against chance.
 
     ``recall_*``: mean :func:`attribute_recall` per fact; ``held_out_object_recall``: the same for objects of

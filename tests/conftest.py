@@ -94,7 +94,7 @@ def make_tiny_model(tiny_backbones: dict[str, Path]) -> Callable[..., KVCapForCo
 
 
 def tiny_processor(tokenizer, config: KVCapConfig) -> KVCapProcessor:
-    """A processor matching a tiny config: CLIP preprocessing at the tiny image size and the config's video-token count."""
+    """A processor for a tiny config: CLIP preprocessing at its image size, its video-token count."""
     size = config.vision_config.image_size
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     return KVCapProcessor(

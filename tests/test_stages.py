@@ -1,6 +1,7 @@
 """The two-stage schedule: per-stage warmup + cosine, the switch point, and which parameters train when."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -24,9 +25,9 @@ def test_each_stage_warms_up_then_decays_from_its_own_peak():
     stage2 = [schedule.learning_rate(step, PROJECTOR) for step in range(20, 50)]
     assert stage1[:2] == [pytest.approx(5e-4), pytest.approx(1e-3)]  # 2 warmup steps to the 1e-3 peak
     assert max(stage1) == pytest.approx(1e-3)
-    assert all(later <= earlier for earlier, later in zip(stage1[1:], stage1[2:]))
+    assert all(later <= earlier for earlier, later in pairwise(stage1[1:]))
     assert stage2[:3] == [pytest.approx(5e-5 / 3), pytest.approx(2 * 5e-5 / 3), pytest.approx(5e-5)]
-    assert all(later <= earlier for earlier, later in zip(stage2[2:], stage2[3:]))
+    assert all(later <= earlier for earlier, later in pairwise(stage2[2:]))
     assert stage2[-1] < 1e-6
     # Halfway through stage 1's cosine part the rate is half the peak.
     assert schedule.learning_rate(2 + 9, PROJECTOR) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 19)))

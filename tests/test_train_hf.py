@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -212,7 +213,9 @@ def test_yaml_presets_parse_and_command_line_overrides_them():
     model_args, data_args, training_args = parse_arguments(
         [str(REPO_ROOT / "configs" / "demo.yaml"), "--stage1_epochs", "3", "--output_dir", "/tmp/kvcap-x"]
     )
-    assert training_args.stage1_epochs == 3 and training_args.num_train_epochs == 3 + 3
+    preset = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    assert training_args.stage1_epochs == 3 and training_args.stage2_epochs == preset["stage2_epochs"]
+    assert training_args.num_train_epochs == 3 + preset["stage2_epochs"]
     assert data_args.demo_assets and not model_args.load_in_4bit
     for projector in ("linear", "mlp_2l", "perceiver", "c_abstractor"):
         model_args, data_args, training_args = parse_arguments(
