@@ -203,3 +203,19 @@ def test_one_clip_for_a_two_prompt_batch_is_an_error(make_tiny_model, tiny_token
     batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명", "설명"])
     with pytest.raises(ValueError, match=r"holds 256 .* gives 128 features"):
         model(**batch, pixel_values_videos=random_clips(model.config, 1))
+
+
+def test_generation_from_merged_inputs_embeds_matches_ids_and_frames(make_tiny_model, tiny_tokenizer):
+    """The seed's path: embeddings merged by hand, then generate(inputs_embeds=...)."""
+    model = make_tiny_model("c_abstractor").eval()
+    batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명해주세요."])
+    clips = random_clips(model.config, 1)
+    with torch.no_grad():
+        from_ids = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=8, do_sample=False)
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        mask = (batch["input_ids"] == model.config.video_token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, model.get_video_features(pixel_values_videos=clips))
+        from_embeds = model.generate(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], max_new_tokens=8, do_sample=False
+        )
+    assert torch.equal(from_embeds, from_ids[:, batch["input_ids"].shape[1] :])

@@ -276,3 +276,70 @@ def test_final_folder_loads_in_one_line_where_kvcap_is_not_installed(tiny_backbo
     loaded = json.loads(output.read_text(encoding="utf-8"))
     assert loaded["class"].startswith("transformers_modules.")
     assert loaded["caption"] == expected and expected
+
+
+def test_diversity_monitor_logs_warns_and_can_stop_training(tiny_backbones, corpus, tmp_path, caplog):
+    # A threshold above 1 makes every evaluation count as collapsed, so the stop path runs deterministically.
+    argv = run_argv(
+        tiny_backbones,
+        corpus,
+        tmp_path / "run",
+        eval_strategy="steps",
+        eval_steps=2,
+        diversity_threshold=1.01,
+        stop_on_collapse=True,
+        diversity_num_samples=3,
+    )
+    run = train_hf.prepare_run(argv)
+    with caplog.at_level("WARNING", logger="training.monitor"):
+        run.trainer.train()
+    assert run.trainer.state.global_step == 2, "training stopped at the first collapsed evaluation"
+    logged = [entry for entry in run.trainer.state.log_history if "eval_unique_ratio" in entry]
+    assert len(logged) == 1 and 0 < logged[0]["eval_unique_ratio"] <= 1
+    assert {"eval_distinct_1", "eval_distinct_2"} <= set(logged[0])
+    assert "Mode collapse" in caplog.text
+
+
+def test_best_checkpoint_can_be_kept_by_diversity(tiny_backbones, corpus, tmp_path):
+    argv = run_argv(
+        tiny_backbones,
+        corpus,
+        tmp_path / "run",
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        metric_for_best_model="eval_unique_ratio",
+        greater_is_better=True,
+        load_best_model_at_end=True,
+        diversity_num_samples=4,
+    )
+    run = train_hf.prepare_run(argv)
+    run.trainer.train()
+    ratios = {
+        entry["step"]: entry["eval_unique_ratio"]
+        for entry in run.trainer.state.log_history
+        if "eval_unique_ratio" in entry
+    }
+    assert len(ratios) == 4
+    assert run.trainer.state.best_metric == max(ratios.values())
+    best_step = int(Path(run.trainer.state.best_model_checkpoint).name.split("-")[1])
+    assert ratios[best_step] == max(ratios.values())
+
+
+def test_qlora_run_exports_lora_merged_into_unquantized_weights(tiny_backbones, corpus, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    run = train_hf.prepare_run(run_argv(tiny_backbones, corpus, tmp_path / "run", load_in_4bit=True))
+    quantized = run.trainer.model.get_base_model().language_model.layers[0].self_attn.q_proj
+    assert type(quantized.base_layer).__name__ == "Linear4bit"
+    run.trainer.train()
+    train_hf.finish_run(run)
+
+    merged = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    base = load_file(Path(tiny_backbones["qwen3"]) / "model.safetensors")
+    weight = merged["model.language_model.layers.0.self_attn.q_proj.weight"]
+    original = base["model.layers.0.self_attn.q_proj.weight"]
+    assert weight.dtype == torch.float32 and weight.shape == original.shape, "saved unquantized, full shape"
+    assert not any("quant" in key or "absmax" in key for key in merged), "no 4-bit state in the release"
+    delta = (weight - original).abs().max()
+    assert 1e-5 < delta < 0.5, f"LoRA update merged into the original weights (max change {delta})"
