@@ -79,27 +79,19 @@ def pretrain_vision_tower(
     )
     clip = CLIPModel(config)
     clip.vision_model.load_state_dict(vision.state_dict())
-    clip.train()
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=learning_rate, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
-    losses = []
-    for _ in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         # Distinct scenes per batch: two copies of one caption would be contradictory negatives.
         picks = generator.choice(len(scenes), size=batch_size, replace=False)
         frame_index = generator.integers(frames.shape[1], size=batch_size)
-        pixel_values = _clip_pixels(frames[picks, frame_index], image_size)
-        loss = clip(
+        return clip(
             input_ids=encoded.input_ids[picks],
             attention_mask=encoded.attention_mask[picks],
-            pixel_values=pixel_values,
+            pixel_values=_clip_pixels(frames[picks, frame_index], image_size),
             return_loss=True,
         ).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+
+    losses = _fit(clip, batch_loss, steps, learning_rate)
     vision.load_state_dict(clip.vision_model.state_dict())
     vision.eval()
     return losses
@@ -131,20 +123,29 @@ def pretrain_language_model(
     labels = encoded.input_ids.masked_fill(encoded.attention_mask == 0, -100)
     labels[:, :prompt_length] = -100  # learn to answer, as kvcap's training will ask
 
-    language_model.train()
-    optimizer = torch.optim.AdamW(language_model.parameters(), lr=learning_rate, weight_decay=0.01)
+    def batch_loss() -> torch.Tensor:
+        picks = generator.choice(len(texts), size=batch_size, replace=False)
+        return language_model(
+            input_ids=encoded.input_ids[picks], attention_mask=encoded.attention_mask[picks], labels=labels[picks]
+        ).loss
+
+    losses = _fit(language_model, batch_loss, steps, learning_rate)
+    language_model.eval()
+    return losses
+
+
+def _fit(model: torch.nn.Module, batch_loss, steps: int, learning_rate: float) -> list[float]:
+    """AdamW with a one-cycle schedule and grad-norm clipping over `steps` batches; returns the losses."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
     losses = []
     for _ in range(steps):
-        picks = generator.choice(len(texts), size=batch_size, replace=False)
-        loss = language_model(
-            input_ids=encoded.input_ids[picks], attention_mask=encoded.attention_mask[picks], labels=labels[picks]
-        ).loss
+        loss = batch_loss()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(language_model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    language_model.eval()
     return losses

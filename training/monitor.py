@@ -46,11 +46,7 @@ class DiversityMonitorCallback(TrainerCallback):
             return
         from metrics.caption_diversity.caption_diversity import diversity
 
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            captions = self.caption_fn(model, self.videos)
-        model.train(was_training)
+        captions = self.caption_fn(model, self.videos)  # greedy, in eval mode; the model's mode is restored
         scores = diversity(captions, collapse_threshold=self.threshold)
         found = {
             "eval_unique_ratio": scores["unique_ratio"],
