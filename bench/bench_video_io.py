@@ -9,9 +9,11 @@ backend="pyav")``, a full decode of every frame with PyAV's defaults, and ``prob
 wall-clock medians with process CPU time beside them (the honest figure on a shared machine), and checks
 that kvcap's frames are pixel-identical to transformers'.
 
-Run from the repository root (encoding the clips takes about 3 minutes on 2 cores, the timing about 4)::
+Run from the repository root (encoding the clips takes about 3 minutes on 2 cores, timing all three about
+3 more); on a shared machine, time one clip at a time (``--clips NAME``) while it is quiet, as
+bench/results/video_io.md records::
 
-    python bench/bench_video_io.py --runs 9 --out bench/results/video_io_table.md
+    python bench/bench_video_io.py --runs 7 [--clips 1080p_30s_key1s] [--out table.md]
 """
 
 from __future__ import annotations

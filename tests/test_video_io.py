@@ -30,6 +30,7 @@ from tests.video_clips import (
     corrupt_copy,
     decode_all_rgb,
     frame_number,
+    hide_leading_frames,
     make_audio_only,
     make_clip,
     make_empty_file,
@@ -43,10 +44,20 @@ from tests.video_clips import (
 class Clip:
     filename: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    hidden: int = 0  # leading frames hidden by an edit list (see hide_leading_frames)
 
     @property
     def rotation(self) -> int:
         return self.kwargs.get("rotation") or 0
+
+    @property
+    def shown(self) -> int:
+        """Frames a sequential decode yields."""
+        return self.kwargs["num_frames"] - self.hidden
+
+    def numbers(self, num_frames: int) -> list[int]:
+        """Frame numbers drawn on the frames read_video_frames should return."""
+        return (self.hidden + sample_frame_indices(self.shown, num_frames)).tolist()
 
 
 BASE = {"width": 96, "height": 64, "num_frames": 40}
@@ -80,6 +91,8 @@ CLIPS: dict[str, Clip] = {
     # AVI has no presentation timestamps; FFmpeg invents them in decode order, wrong once B-frames reorder.
     "avi_bframes": Clip("bframes.avi", {**BASE, "num_frames": 30, "gop": 8}),
     "raw_h264_no_timestamps": Clip("raw.h264", {**BASE, "num_frames": 30, "gop": 8, "container_format": "h264"}),
+    # A copy trimmed without re-encoding: the GOP's first frames stay in the file behind an edit list.
+    "trimmed_edit_list": Clip("trimmed.mp4", {**BASE, "num_frames": 40, "gop": 10}, hidden=5),
 }
 SEQUENTIAL_ONLY = ("avi_bframes", "raw_h264_no_timestamps")
 SIZES = (None, 48)
@@ -96,7 +109,12 @@ _decoded: dict[tuple[str, int | None], list[np.ndarray]] = {}
 
 def clip_path(name: str, clip_dir: Path) -> Path:
     if name not in _made:
-        _made[name] = make_clip(clip_dir / CLIPS[name].filename, **CLIPS[name].kwargs)
+        clip = CLIPS[name]
+        if clip.hidden:
+            source = make_clip(clip_dir / f"untrimmed_{clip.filename}", **clip.kwargs)
+            _made[name] = hide_leading_frames(source, clip_dir / clip.filename, clip.hidden)
+        else:
+            _made[name] = make_clip(clip_dir / clip.filename, **clip.kwargs)
     return _made[name]
 
 
@@ -146,9 +164,8 @@ def test_frames_match_sequential_decode(name: str, size: int | None, clip_dir: P
 @pytest.mark.parametrize("name", [n for n in CLIPS if not CLIPS[n].rotation])
 def test_frame_numbers_follow_the_sampling_rule(name: str, clip_dir: Path) -> None:
     path = clip_path(name, clip_dir)
-    total = CLIPS[name].kwargs["num_frames"]
     frames = read_video_frames(path, num_frames=8)
-    assert [frame_number(f) for f in frames] == sample_frame_indices(total, 8).tolist()
+    assert [frame_number(f) for f in frames] == CLIPS[name].numbers(8)
 
 
 @pytest.mark.parametrize("name", ["normal", "keyframe_every_6", "bframes_gop5", "vfr", "faststart_mp4", "10bit"])
@@ -175,7 +192,7 @@ def test_files_without_usable_timestamps_are_counted(
     with caplog.at_level(logging.DEBUG, logger="processing.video_io"):
         frames = read_video_frames(path, num_frames=8)
     assert "sequentially" in caplog.text
-    assert [frame_number(f) for f in frames] == sample_frame_indices(30, 8).tolist()
+    assert [frame_number(f) for f in frames] == CLIPS[name].numbers(8)
     assert probe_video(path).num_frames == 30
 
 
@@ -283,6 +300,16 @@ def test_probe_video_reports_the_stream(name: str, expected: dict[str, Any], cli
     assert info.path.endswith(CLIPS[name].filename)
 
 
+def test_trimmed_copy_counts_only_the_frames_shown(clip_dir: Path) -> None:
+    path = clip_path("trimmed_edit_list", clip_dir)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [p for p in container.demux(stream) if p.size]
+    assert len(packets) == 40 and sum(p.is_discard for p in packets) == 5
+    assert probe_video(path).num_frames == 35
+    assert frame_number(read_video_frames(path, num_frames=1)[0]) == 5
+
+
 def test_frame_count_comes_from_timestamps_not_headers(clip_dir: Path) -> None:
     path = clip_path("mkv", clip_dir)
     with av.open(str(path)) as container:
@@ -314,8 +341,7 @@ def test_clips_whose_first_timestamp_is_not_zero(name: str, clip_dir: Path) -> N
         stream = container.streams.video[0]
         assert min(p.pts for p in container.demux(stream) if p.size) > 0
     frames = read_video_frames(path, num_frames=8)
-    total = CLIPS[name].kwargs["num_frames"]
-    assert [frame_number(f) for f in frames] == sample_frame_indices(total, 8).tolist()
+    assert [frame_number(f) for f in frames] == CLIPS[name].numbers(8)
 
 
 def test_argument_validation(clip_dir: Path) -> None:

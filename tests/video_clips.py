@@ -33,6 +33,7 @@ __all__ = [
     "corrupt_copy",
     "decode_all_rgb",
     "frame_number",
+    "hide_leading_frames",
     "make_audio_only",
     "make_clip",
     "make_empty_file",
@@ -256,6 +257,25 @@ def make_clip(
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path
+
+
+def hide_leading_frames(src: str | os.PathLike[str], dst: str | os.PathLike[str], count: int) -> Path:
+    """Remux the MP4 ``src`` so its first ``count`` frames lie before an edit list's start, as a copy trimmed
+    with ``ffmpeg -ss ... -c copy`` does: the packets stay in the file (flagged discard on reading) and a
+    sequential decode shows frame ``count`` first."""
+    dst = Path(dst)
+    with av.open(str(src)) as source, av.open(str(dst), "w", format="mp4") as target:
+        stream = source.streams.video[0]
+        packets = [p for p in source.demux(stream) if p.size]
+        shift = sorted(p.pts for p in packets)[count]
+        out_stream = target.add_stream_from_template(stream)
+        for packet in packets:
+            # Negative timestamps make the MP4 muxer write an edit list that starts at 0.
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out_stream
+            target.mux(packet)
+    return dst
 
 
 def decode_all_rgb(path: str | os.PathLike[str], **to_ndarray_kwargs: object) -> Iterator[np.ndarray]:
