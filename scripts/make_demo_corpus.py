@@ -569,13 +569,10 @@ def attribute_report(predictions: list[str], attributes: list[dict[str, Any]], s
     if len(predictions) != len(attributes):
         raise ValueError(f"{len(predictions)} predictions for {len(attributes)} attribute sets.")
     scores = [attribute_recall(text, attrs) for text, attrs in zip(predictions, attributes, strict=True)]
-    order = list(range(len(predictions)))
-    if len(order) > 1:
-        rng = np.random.default_rng(seed)
-        # Sattolo's shuffle: a single cycle, so no caption is scored against its own clip.
-        for i in range(len(order) - 1, 0, -1):
-            j = int(rng.integers(i))
-            order[i], order[j] = order[j], order[i]
+    from metrics.korean_meteor.korean_meteor import derangement
+
+    # The same pairing as METEOR's shuffled-reference floor: no caption is scored against its own clip.
+    order = derangement(len(predictions), seed)
     chance = [attribute_recall(predictions[i], attributes[k]) for i, k in enumerate(order)]
     for score, text, attrs in zip(scores, predictions, attributes, strict=True):
         score.update(_part_recall(text, attrs))

@@ -167,3 +167,27 @@ def test_regenerating_replaces_previous_corpus(tmp_path: Path) -> None:
     demo.generate_corpus(tmp_path, num_train=2, num_val=1, workers=1)
     assert len(os.listdir(tmp_path / "train" / "videos")) == 2
     assert len(os.listdir(tmp_path / "val" / "labels")) == 1
+
+
+def test_attribute_report_scores_captions_against_their_own_clip_and_against_chance():
+    from scripts.make_demo_corpus import attribute_report
+
+    red = {
+        "objects": [{"color": "빨간색", "shape": "원", "motion": "왼쪽에서 오른쪽으로", "held_out": False}],
+        "time_of_day": "낮",
+        "category": "자연",
+    }
+    blue = {
+        "objects": [{"color": "파란색", "shape": "사각형", "motion": "위에서 아래로", "held_out": True}],
+        "time_of_day": "밤",
+        "category": "시가지",
+    }
+    captions = ["빨간색 원이 왼쪽에서 오른쪽으로 이동합니다. 자연 풍경입니다.", "초원 위로 파란색 사각형이 보입니다."]
+    report = attribute_report(captions, [red, blue])
+    assert report["recall_colour"] == report["recall_shape"] == report["recall_object"] == 1.0
+    assert report["recall_motion"] == 0.5 and report["recall_category"] == 0.5
+    # Against each other's clip nothing matches, and "초원" must not count as the shape 원.
+    assert report["chance_colour"] == report["chance_shape"] == report["chance_object"] == 0.0
+    assert report["held_out_object_recall"] == 1.0 and report["num_held_out_objects"] == 1
+    with pytest.raises(ValueError, match="2 predictions for 1 attribute sets"):
+        attribute_report(captions, [red])
