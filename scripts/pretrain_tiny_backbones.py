@@ -2,13 +2,14 @@
 
 Random tiny backbones know nothing: a random language model cannot write Korean, and stage 1 of kvcap trains the
 projector only. The real system starts from a CLIP that has seen images with text and a Qwen3 that writes
-Korean, so the miniature gets the same head start, in a minute or two on 2 CPU cores:
+Korean, so the miniature gets the same head start, in under a minute on 2 CPU cores:
 
 - the vision tower is trained contrastively as CLIP is (image–text InfoNCE, with a tiny CLIP text tower that is
   thrown away afterwards) on single frames of rendered scenes from the train distribution only: held-out
   colour × shape pairs are never shown, so they stay novel for the whole system. The text is what one frame
   shows (each object's colour and shape, the sky, the ground), not the templated caption, in which objects are
-  a few words among many;
+  a few words among many, and an auxiliary loss predicts the frame's colours and shapes (factored, so held-out
+  pairs stay composable) from the patch features the projector reads;
 - the language model learns the corpus language: chat-formatted captions after kvcap's prompt (no video).
 """
 
@@ -40,6 +41,18 @@ def visible_facts(scene: dict) -> str:
     """What a single frame shows, e.g. "빨간색 원, 파란색 사각형. 주황색 하늘. 자연"."""
     objects = ", ".join(f"{obj['color']} {obj['shape']}" for obj in scene["objects"])
     return f"{objects}. {scene['sky_color']} 하늘. {scene['category']}"
+
+
+def _object_targets(scene: dict) -> np.ndarray:
+    """Multi-hot over the colours and, separately, the shapes of the scene's objects."""
+    from scripts.make_demo_corpus import COLORS, SHAPES
+
+    colours, shapes = list(COLORS), list(SHAPES)
+    target = np.zeros(len(colours) + len(shapes), dtype=np.float32)
+    for obj in scene["objects"]:
+        target[colours.index(obj["color"])] = 1.0
+        target[len(colours) + shapes.index(obj["shape"])] = 1.0
+    return target
 
 
 def pretrain_vision_tower(
@@ -79,17 +92,26 @@ def pretrain_vision_tower(
     )
     clip = CLIPModel(config)
     clip.vision_model.load_state_dict(vision.state_dict())
+    # Contrast alone can be won on colours and the sky; factored colour and shape labels make every object's
+    # shape count too, and being factored they leave held-out colour x shape pairs composable.
+    targets = torch.from_numpy(np.stack([_object_targets(scene) for _, _, scene in scenes]))
+    clip.object_head = torch.nn.Linear(vision.config.hidden_size, targets.shape[1])
 
     def batch_loss() -> torch.Tensor:
         # Distinct scenes per batch: two copies of one caption would be contradictory negatives.
         picks = generator.choice(len(scenes), size=batch_size, replace=False)
         frame_index = generator.integers(frames.shape[1], size=batch_size)
-        return clip(
+        outputs = clip(
             input_ids=encoded.input_ids[picks],
             attention_mask=encoded.attention_mask[picks],
             pixel_values=_clip_pixels(frames[picks, frame_index], image_size),
             return_loss=True,
-        ).loss
+            output_hidden_states=True,
+        )
+        # The patch features kvcap's projector reads (layer -2, CLS dropped), pooled.
+        patches = outputs.vision_model_output.hidden_states[-2][:, 1:].mean(dim=1)
+        logits = clip.object_head(patches)
+        return outputs.loss + torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[picks])
 
     losses = _fit(clip, batch_loss, steps, learning_rate)
     vision.load_state_dict(clip.vision_model.state_dict())
