@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from transformers import set_seed
 
 from modeling_kvcap import KVCapForConditionalGeneration, kvcap_4bit_config
@@ -71,19 +71,11 @@ def build_model(model_args: ModelArguments, training_args: KVCapTrainingArgument
         vision_feature_layer=model_args.vision_feature_layer,
         num_query_tokens=model_args.num_query_tokens,
     )
-    lora = LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=KVCapForConditionalGeneration.lora_target_modules,
-        modules_to_save=["multi_modal_projector"],
-        bias="none",
-    )
     if training_args.gradient_checkpointing:
         training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
             "use_reentrant": False
         }
-    return get_peft_model(model, lora)
+    return get_peft_model(model, model_args.lora_config())
 
 
 def build_processor(model_args: ModelArguments, data_args: DataArguments, config) -> KVCapProcessor:

@@ -307,14 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    table = run(args)
     command = "python bench/bench_generate.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_result(command, run(args), args.out)
+    return 0
+
+
+def write_result(command: str, table: str, out: Path | None) -> None:
+    """Print the command and its Markdown table, and write them to `out` when given."""
     text = f"`{command.strip()}`\n\n{table}"
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-    return 0
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -92,13 +92,13 @@ from bench_generate import (  # noqa: E402
     machine_description,
     make_processor,
     real_shape_config,
+    write_result,
 )
-from peft import LoraConfig, get_peft_model  # noqa: E402
+from peft import get_peft_model  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from modeling_kvcap import KVCapForConditionalGeneration  # noqa: E402
 from processing.aihub import load_aihub  # noqa: E402
 from processing.feature_cache import cache_video_features  # noqa: E402
 from processing.processing_kvcap import KVCapDataCollator, KVCapProcessor  # noqa: E402
@@ -140,16 +140,7 @@ def build_lora_model(projector_type: str, tokenizer, args: argparse.Namespace) -
     model = build(config, args.device, torch.bfloat16 if args.real_shape else torch.float32, args.seed)
     # from_pretrained_backbones keeps the trainable projector in float32 whatever the backbones' dtype.
     model.model.multi_modal_projector.float()
-    defaults = ModelArguments()
-    lora = LoraConfig(
-        r=defaults.lora_r,
-        lora_alpha=defaults.lora_alpha,
-        lora_dropout=defaults.lora_dropout,
-        target_modules=KVCapForConditionalGeneration.lora_target_modules,
-        modules_to_save=["multi_modal_projector"],
-        bias="none",
-    )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, ModelArguments().lora_config())  # the recipe train_hf.py uses
     apply_stage(model, 2)
     if args.gradient_checkpointing:
         model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -568,12 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.worker:
         return run_worker(args)
-    table = run(args, argv)
-    text = f"`{'python bench/bench_train.py ' + ' '.join(argv)}`\n\n{table}"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    write_result("python bench/bench_train.py " + " ".join(argv), run(args, argv), args.out)
     return 0
 
 

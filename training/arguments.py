@@ -33,6 +33,21 @@ class ModelArguments:
     lora_dropout: float = 0.05
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
 
+    def lora_config(self):
+        """LoRA on the language model's attention and MLP projections; the projector trains in full beside it."""
+        from peft import LoraConfig
+
+        from modeling_kvcap import KVCapForConditionalGeneration
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=KVCapForConditionalGeneration.lora_target_modules,
+            modules_to_save=["multi_modal_projector"],
+            bias="none",
+        )
+
 
 @dataclass
 class DataArguments:
