@@ -450,7 +450,15 @@ def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=["lm_head", "vision_tower", "multi_modal_projector"],
+        # Skip patterns match from the start of a module's full name (or as its suffix), hence both spellings:
+        # "vision_tower" in a bare KVCapModel, "model.vision_tower" in KVCapForConditionalGeneration.
+        llm_int8_skip_modules=[
+            "lm_head",
+            "vision_tower",
+            "multi_modal_projector",
+            "model.vision_tower",
+            "model.multi_modal_projector",
+        ],
     )
 
 

@@ -263,3 +263,24 @@ def test_generate_captions_batched_equals_one_at_a_time(
         model, processor, video_features=features, batch_size=3, prompt=prompts, max_new_tokens=10
     )
     assert from_features == batched
+
+
+def test_load_in_4bit_quantizes_the_language_model_only_and_reloads_quantized(
+    checkpoint: Path, corpus: Path, tmp_path: Path
+) -> None:
+    from bitsandbytes.nn import Linear4bit
+
+    videos = [str(corpus / "val" / "videos" / f"kvcap_demo_val_0000{i}.mp4") for i in (1, 2)]
+    model, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu", load_in_4bit=True)
+    quantized = {name for name, module in model.named_modules() if isinstance(module, Linear4bit)}
+    assert quantized and [name for name in quantized if ".language_model." not in f".{name}"] == []
+    assert not isinstance(model.lm_head, Linear4bit)
+    captions = eval_hf.generate_captions(model, processor, videos, max_new_tokens=12)
+    assert len(captions) == 2 and all(isinstance(caption, str) for caption in captions)
+
+    # A folder saved quantized loads quantized without the flag (moving it with .to() would fail).
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded, reloaded_processor = eval_hf.load_model_and_processor(str(tmp_path), device="cpu")
+    assert {name for name, module in reloaded.named_modules() if isinstance(module, Linear4bit)} == quantized
+    assert eval_hf.generate_captions(reloaded, reloaded_processor, videos, max_new_tokens=12) == captions
