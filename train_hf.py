@@ -36,20 +36,47 @@ def model_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
 
 
+def stale_demo_backbones(vision: Path, text: Path) -> str | None:
+    """Why the demo backbones at these paths must be (re)built, or None when they are current."""
+    from scripts.make_tiny_backbones import RECIPE_VERSION, built_recipe
+
+    if not (vision.exists() and text.exists()):
+        return "missing"
+    wanted = {"version": RECIPE_VERSION, "pretrained": True}
+    found = built_recipe(vision.parent)
+    return None if found == wanted else f"built by recipe {found}, the demo needs {wanted}"
+
+
 def ensure_demo_assets(model_args: ModelArguments, data_args: DataArguments) -> None:
-    """Build the tiny backbones and the demo corpus at the configured paths when they are missing."""
+    """Build the tiny backbones and the demo corpus at the configured paths when they are missing or stale."""
     from scripts.make_demo_corpus import generate_corpus
     from scripts.make_tiny_backbones import build_tiny_backbones
 
     vision, text = Path(model_args.vision_model_name_or_path), Path(model_args.text_model_name_or_path)
-    if not (vision.exists() and text.exists()):
-        if vision.parent != text.parent:
-            raise ValueError("With --demo_assets the vision and text backbones must share one folder.")
+    if vision.parent != text.parent:
+        raise ValueError("With --demo_assets the vision and text backbones must share one folder.")
+    reason = stale_demo_backbones(vision, text)
+    if reason is not None:
+        logger.info(f"Building the tiny backbones in {vision.parent} ({reason}); about two minutes.")
         built = build_tiny_backbones(vision.parent, pretrain=True)
         logger.info(f"Built tiny backbones in {vision.parent}: {', '.join(map(str, built.values()))}")
-    if not Path(data_args.data_dir).exists():
-        summary = generate_corpus(data_args.data_dir)
-        logger.info(f"Wrote the demo corpus to {data_args.data_dir}: {summary}")
+    wanted_clips = {"train": data_args.demo_num_train_clips, "val": data_args.demo_num_val_clips}
+    found_clips = demo_corpus_size(Path(data_args.data_dir))
+    if found_clips != wanted_clips:
+        logger.info(f"Writing the demo corpus to {data_args.data_dir}: found {found_clips} clips, want {wanted_clips}")
+        summary = generate_corpus(data_args.data_dir, num_train=wanted_clips["train"], num_val=wanted_clips["val"])
+        logger.info(f"Wrote the demo corpus in {summary['seconds']} s.")
+
+
+def demo_corpus_size(data_dir: Path) -> dict[str, int] | None:
+    """Clips per split of the demo corpus in ``data_dir`` by its summary file (None when there is none)."""
+    from scripts.make_demo_corpus import SUMMARY_FILE
+
+    summary = data_dir / SUMMARY_FILE
+    if not summary.is_file():
+        return None
+    splits = json.loads(summary.read_text(encoding="utf-8"))["splits"]
+    return {split: splits[split]["num_clips"] for split in ("train", "val")}
 
 
 def build_model(model_args: ModelArguments, training_args: KVCapTrainingArguments):
@@ -71,8 +98,8 @@ def build_model(model_args: ModelArguments, training_args: KVCapTrainingArgument
         vision_feature_layer=model_args.vision_feature_layer,
         num_query_tokens=model_args.num_query_tokens,
     )
-    if training_args.gradient_checkpointing:
-        training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
+    if training_args.activation_checkpointing:
+        training_args.activation_checkpointing_kwargs = training_args.activation_checkpointing_kwargs or {
             "use_reentrant": False
         }
     return get_peft_model(model, model_args.lora_config())
@@ -230,7 +257,7 @@ def final_evaluation(model, processor, eval_dataset, training_args: KVCapTrainin
             "attributes named (chance in brackets): "
             + ", ".join(
                 f"{key} {report[f'recall_{key}']:.0%} ({report[f'chance_{key}']:.0%})"
-                for key in ("colour", "shape", "object", "motion", "time_of_day", "category")
+                for key in ("colour", "shape", "object", "motion", "motion_by_colour", "time_of_day", "category")
             )
             + f"; objects of held-out colour x shape pairs {report['held_out_object_recall']:.0%}"
             f" of {report['num_held_out_objects']}"

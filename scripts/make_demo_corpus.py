@@ -16,7 +16,7 @@ Layout written (the one ``processing.aihub`` reads)::
 Val holds out colour x shape pairs (``HELD_OUT_PAIRS``) that never occur in train: even-numbered val clips
 always show one, so compositional generalisation can be measured apart from in-distribution accuracy.
 
-Usage: ``python scripts/make_demo_corpus.py --out DIR [--num-train 240 --num-val 60 --seed 0]``.
+Usage: ``python scripts/make_demo_corpus.py --out DIR [--num-train 1200 --num-val 60 --seed 0]``.
 Output is deterministic: each clip draws from its own RNG seeded by (seed, split, index) and x264 runs
 single-threaded, so the same arguments give the same bytes.
 """
@@ -336,21 +336,34 @@ def render_frames(scene: dict[str, Any], size: int, num_frames: int, rng: np.ran
     sky_h = round(0.75 * h)  # objects stay in the sky so the ground band (category cue) is never covered
     r = max(4.0, round(0.14 * size, 1))  # large enough that shape survives downscaling to the tiny 48 px
     bg = _background(scene, h, w, sky_h, rng)
-    paths = _paths(scene, w, sky_h, r, rng)
-    frames = np.repeat(bg[None], num_frames, axis=0)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    for obj, path in zip(scene["objects"], paths, strict=True):
+    for obj, path in zip(scene["objects"], _paths(scene, w, sky_h, r, rng), strict=True):
         obj["path"] = path
         obj["radius_px"] = r
-        color = np.asarray(COLORS[obj["color"]], dtype=np.uint8)
-        (x0, y0), (x1, y1) = path["start"], path["end"]
+    frames = np.repeat(bg[None], num_frames, axis=0)
+    owners = object_maps(scene, size, num_frames)
+    for k, obj in enumerate(scene["objects"]):
+        frames[owners == k + 1] = COLORS[obj["color"]]
+    return frames
+
+
+def object_maps(scene: dict[str, Any], size: int, num_frames: int) -> np.ndarray:
+    """(T, H, W) uint8: which object covers each pixel (k + 1 for ``scene["objects"][k]``, 0 for background).
+
+    Reads the paths :func:`render_frames` stored in the scene; a later object covers an earlier one, as drawn.
+    """
+    h = w = size
+    sky_h = round(0.75 * h)
+    owners = np.zeros((num_frames, h, w), dtype=np.uint8)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    for k, obj in enumerate(scene["objects"]):
+        (x0, y0), (x1, y1) = obj["path"]["start"], obj["path"]["end"]
         for t in range(num_frames):
             a = t / max(1, num_frames - 1)
             cx, cy = x0 + a * (x1 - x0), y0 + a * (y1 - y0)
-            mask = _shape_mask(obj["shape"], xs - cx, ys - cy, r)
+            mask = _shape_mask(obj["shape"], xs - cx, ys - cy, obj["radius_px"])
             mask[sky_h:] = False
-            frames[t][mask] = color
-    return frames
+            owners[t][mask] = k + 1
+    return owners
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
@@ -412,19 +425,19 @@ def _clip_job(args: tuple[str, int, str, str, int, int, int, int, bool]) -> dict
     return {"video_id": video_id, "split": split, "category": category, "caption": caption, "attributes": scene}
 
 
-_MARKER = "demo_corpus.json"
+SUMMARY_FILE = "demo_corpus.json"
 
 
 def _prepare_out_dir(out: Path) -> None:
     """Remove a previous demo corpus (recognised by its marker file) so stale clips never linger; refuse to
     write into split folders that hold anything else."""
     out.mkdir(parents=True, exist_ok=True)
-    ours = (out / _MARKER).is_file()
+    ours = (out / SUMMARY_FILE).is_file()
     for split in ("train", "val"):
         d = out / split
         if d.exists() and any(d.iterdir()):
             if not ours:
-                raise FileExistsError(f"{d} is not empty and {out} holds no {_MARKER}; refusing to overwrite")
+                raise FileExistsError(f"{d} is not empty and {out} holds no {SUMMARY_FILE}; refusing to overwrite")
             shutil.rmtree(d)
         (d / "videos").mkdir(parents=True, exist_ok=True)
         (d / "labels").mkdir(parents=True, exist_ok=True)
@@ -432,7 +445,7 @@ def _prepare_out_dir(out: Path) -> None:
 
 def generate_corpus(
     out_dir: str | os.PathLike,
-    num_train: int = 240,
+    num_train: int = 1200,
     num_val: int = 60,
     seed: int = 0,
     size: int = 96,
@@ -494,7 +507,7 @@ def generate_corpus(
                 "max": max(lengths, default=0),
             },
         }
-    (out / _MARKER).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(_readme(summary), encoding="utf-8")
     summary["out_dir"] = str(out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -562,7 +575,8 @@ def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
 def attribute_report(predictions: list[str], attributes: list[dict[str, Any]], seed: int = 0) -> dict[str, float]:
     """How often captions name their clip's attributes, against chance.
 
-    ``recall_*``: mean :func:`attribute_recall` per fact; ``held_out_object_recall``: the same for objects of
+    ``recall_*``: mean :func:`attribute_recall` per fact, plus colour, shape and motion-by-colour on their own
+    (see ``_part_recall``); ``held_out_object_recall``: the same for objects of
     held-out colour x shape pairs only (never seen in training); ``chance_*``: each caption scored against
     another clip's attributes (a seeded derangement), i.e. what naming attributes without looking scores.
     """
@@ -594,11 +608,18 @@ def attribute_report(predictions: list[str], attributes: list[dict[str, Any]], s
 
 
 def _part_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
-    """Colour and shape of each object named anywhere, separately (a shape word must stand as a word)."""
+    """Colour and shape of each object named anywhere, separately (a shape word must stand as a word), and its
+    motion named in a sentence that names its colour (which tells the objects of a clip apart), shape or not."""
     objects = attributes["objects"]
+    sentences = _sentences(text)
     colours = sum(obj["color"] in text for obj in objects)
     shapes = sum(bool(re.search(rf"(^|\s){obj['shape']}(이|가|은|는|을|를|과|와|\s|$)", text)) for obj in objects)
-    return {"colour": colours / len(objects), "shape": shapes / len(objects)}
+    motions = sum(any(obj["color"] in s and obj["motion"] in s for s in sentences) for obj in objects)
+    return {
+        "colour": colours / len(objects),
+        "shape": shapes / len(objects),
+        "motion_by_colour": motions / len(objects),
+    }
 
 
 def _sentences(text: str) -> list[str]:
@@ -622,7 +643,7 @@ def _mentions_noun(sentence: str, noun: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (train/ and val/ are created in it)")
-    parser.add_argument("--num-train", type=int, default=240)
+    parser.add_argument("--num-train", type=int, default=1200)
     parser.add_argument("--num-val", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=96, help="frame width and height in pixels")

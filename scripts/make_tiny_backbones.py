@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -37,6 +38,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = REPO_ROOT / "assets" / "tiny-korean-bpe"
 KOREAN_TEXT = REPO_ROOT / "assets" / "korean_text.txt"
 SEED = 0
+# Raised whenever the backbones or their pretraining change, so that demo assets built earlier are rebuilt.
+RECIPE_VERSION = 2
+RECIPE_FILE = "recipe.json"
 
 TINY_IMAGE_SIZE = 48
 TINY_PATCH_SIZE = 12
@@ -220,7 +224,7 @@ def build_tiny_backbones(
 
     Deterministic: the same seed gives the same weights on every run. Random weights take well under a second
     (what tests use); ``pretrain=True`` adds the short pretraining of ``scripts/pretrain_tiny_backbones.py``
-    (a minute or two) that the demo and the learning benchmark need.
+    (about two minutes) that the demo needs.
     """
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -251,7 +255,15 @@ def build_tiny_backbones(
     siglip.save_pretrained(paths["siglip"])
     SiglipImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}).save_pretrained(paths["siglip"])
     tokenizer.save_pretrained(paths["siglip"])
+    recipe = {"version": RECIPE_VERSION, "pretrained": pretrain}
+    (out_dir / RECIPE_FILE).write_text(json.dumps(recipe) + "\n", encoding="utf-8")
     return paths
+
+
+def built_recipe(out_dir: str | Path) -> dict | None:
+    """The recipe that built the backbones under ``out_dir`` (None for a folder without one)."""
+    marker = Path(out_dir) / RECIPE_FILE
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
 
 
 def main() -> None:

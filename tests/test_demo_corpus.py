@@ -185,7 +185,11 @@ def test_attribute_report_scores_captions_against_their_own_clip_and_against_cha
     captions = ["빨간색 원이 왼쪽에서 오른쪽으로 이동합니다. 자연 풍경입니다.", "초원 위로 파란색 사각형이 보입니다."]
     report = attribute_report(captions, [red, blue])
     assert report["recall_colour"] == report["recall_shape"] == report["recall_object"] == 1.0
-    assert report["recall_motion"] == 0.5 and report["recall_category"] == 0.5
+    assert report["recall_motion"] == report["recall_motion_by_colour"] == 0.5 and report["recall_category"] == 0.5
+    # Motion by colour needs the colour, not the shape, in the motion's sentence; another sentence does not count.
+    wrong_shape = ["빨간색 막대가 왼쪽에서 오른쪽으로 이동합니다.", "파란색 원이 있습니다. 위에서 아래로 움직입니다."]
+    by_colour = attribute_report(wrong_shape, [red, blue])
+    assert by_colour["recall_motion"] == 0.0 and by_colour["recall_motion_by_colour"] == 0.5
     # Against each other's clip nothing matches, and "초원" must not count as the shape 원.
     assert report["chance_colour"] == report["chance_shape"] == report["chance_object"] == 0.0
     assert report["held_out_object_recall"] == 1.0 and report["num_held_out_objects"] == 1

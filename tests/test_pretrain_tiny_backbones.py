@@ -3,9 +3,10 @@
 import torch
 from transformers import CLIPVisionModel, Qwen3ForCausalLM
 
+from scripts.make_demo_corpus import COLORS, SHAPES, object_maps, sample_training_scenes
 from scripts.make_tiny_backbones import tiny_text_config, tiny_vision_config
 from scripts.pretrain_tiny_backbones import (
-    _object_targets,
+    patch_targets,
     pretrain_language_model,
     pretrain_vision_tower,
     visible_facts,
@@ -29,12 +30,44 @@ def test_language_pretraining_lowers_its_loss(tiny_tokenizer):
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
 
-def test_pretraining_targets_say_what_one_frame_shows():
+def test_pretraining_caption_says_what_one_frame_shows():
     scene = {
         "objects": [{"color": "빨간색", "shape": "원"}, {"color": "파란색", "shape": "사각형"}],
         "sky_color": "주황색",
         "category": "자연",
     }
     assert visible_facts(scene) == "빨간색 원, 파란색 사각형. 주황색 하늘. 자연"
-    target = _object_targets(scene)
-    assert target.sum() == 4 and target.shape == (6 + 5,)
+
+
+def test_object_maps_mark_exactly_the_pixels_drawn_in_each_colour():
+    for frames, _, scene in sample_training_scenes(6, seed=3, size=48, num_frames=4):
+        owners = object_maps(scene, 48, 4)
+        for k, obj in enumerate(scene["objects"]):
+            painted = (frames == COLORS[obj["color"]]).all(axis=-1)
+            assert (owners == k + 1).any()
+            assert ((owners == k + 1) == painted).all()
+
+
+def test_patch_targets_name_the_object_filling_each_patch():
+    scene = sample_training_scenes(1, seed=0, size=96, num_frames=8)[0][2]
+    grid = 4
+    targets = patch_targets(scene, 96, 8, grid)
+    assert targets.shape == (8, grid * grid, 2)
+    colour_classes = {list(COLORS).index(obj["color"]) + 1 for obj in scene["objects"]}
+    shape_classes = {SHAPES.index(obj["shape"]) + 1 for obj in scene["objects"]}
+    assert set(targets[..., 0].flatten()) - {0} == colour_classes
+    assert set(targets[..., 1].flatten()) - {0} == shape_classes
+    # A patch is labelled exactly when one object covers at least a tenth of it, and with that object.
+    owners = object_maps(scene, 96, 8)
+    cell = 96 // grid
+    for t in range(8):
+        for p in range(grid * grid):
+            block = owners[t, (p // grid) * cell : (p // grid + 1) * cell, (p % grid) * cell : (p % grid + 1) * cell]
+            coverage = [(block == k + 1).sum() for k in range(len(scene["objects"]))]
+            best = int(max(range(len(coverage)), key=coverage.__getitem__))
+            if coverage[best] * 10 >= cell * cell:
+                expected = scene["objects"][best]
+                assert targets[t, p, 0] == list(COLORS).index(expected["color"]) + 1
+                assert targets[t, p, 1] == SHAPES.index(expected["shape"]) + 1
+            else:
+                assert (targets[t, p] == 0).all()

@@ -45,7 +45,7 @@ def run_argv(tiny_backbones, corpus, output_dir, **overrides) -> list[str]:
         "lora_dropout": 0.0,
         "per_device_train_batch_size": 4,
         "per_device_eval_batch_size": 4,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "eval_strategy": "no",
         "save_strategy": "no",
         "logging_steps": 1,
@@ -229,6 +229,21 @@ def test_yaml_presets_parse_and_command_line_overrides_them():
         assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.05)
 
 
+def test_activation_checkpointing_is_on_by_default_and_either_name_turns_it_off():
+    base = [str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", "/tmp/kvcap-x"]
+    preset = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    assert parse_arguments(base)[2].activation_checkpointing is preset["activation_checkpointing"]
+    real = [str(REPO_ROOT / "configs" / "mlp_2l.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
+    assert parse_arguments(real)[2].activation_checkpointing is True
+    assert parse_arguments([*real, "--activation_checkpointing", "false"])[2].activation_checkpointing is False
+    with pytest.warns(FutureWarning, match="gradient_checkpointing"):
+        legacy = parse_arguments([*base[1:], "--data_dir", "/data/aihub", "--gradient_checkpointing", "false"])[2]
+    assert legacy.activation_checkpointing is False and legacy.gradient_checkpointing is False
+    # Against a preset's activation_checkpointing the alias would be dropped silently; it is refused instead.
+    with pytest.raises(ValueError, match="deprecated alias"):
+        parse_arguments([*real, "--gradient_checkpointing", "false"])
+
+
 def test_a_preset_without_data_dir_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_arguments([str(REPO_ROOT / "configs" / "linear.yaml"), "--bf16", "false"])
@@ -343,3 +358,28 @@ def test_qlora_run_exports_lora_merged_into_unquantized_weights(tiny_backbones, 
     assert not any("quant" in key or "absmax" in key for key in merged), "no 4-bit state in the release"
     delta = (weight - original).abs().max()
     assert 1e-5 < delta < 0.5, f"LoRA update merged into the original weights (max change {delta})"
+
+
+def test_demo_backbones_are_rebuilt_when_missing_or_built_by_another_recipe(tiny_backbones, tmp_path):
+    from scripts.make_tiny_backbones import RECIPE_FILE, RECIPE_VERSION, built_recipe
+
+    vision, text = tiny_backbones["clip-vision"], tiny_backbones["qwen3"]
+    # The shared test backbones are random, not pretrained: not what the demo needs.
+    assert built_recipe(vision.parent) == {"version": RECIPE_VERSION, "pretrained": False}
+    assert "pretrained" in train_hf.stale_demo_backbones(vision, text)
+    assert train_hf.stale_demo_backbones(tmp_path / "clip-vision", tmp_path / "qwen3") == "missing"
+
+    current = tmp_path / "current"
+    for name in ("clip-vision", "qwen3"):
+        (current / name).mkdir(parents=True)
+    (current / RECIPE_FILE).write_text(json.dumps({"version": RECIPE_VERSION, "pretrained": True}))
+    assert train_hf.stale_demo_backbones(current / "clip-vision", current / "qwen3") is None
+    (current / RECIPE_FILE).write_text(json.dumps({"version": RECIPE_VERSION - 1, "pretrained": True}))
+    assert "recipe" in train_hf.stale_demo_backbones(current / "clip-vision", current / "qwen3")
+    (current / RECIPE_FILE).unlink()
+    assert "None" in train_hf.stale_demo_backbones(current / "clip-vision", current / "qwen3")
+
+
+def test_demo_corpus_size_is_read_from_its_summary(corpus, tmp_path):
+    assert train_hf.demo_corpus_size(corpus) == {"train": 16, "val": 4}
+    assert train_hf.demo_corpus_size(tmp_path) is None

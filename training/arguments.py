@@ -68,6 +68,10 @@ class DataArguments:
         default=False,
         metadata={"help": "Build the tiny backbones and the demo corpus at the configured paths when missing."},
     )
+    demo_num_train_clips: int = field(
+        default=1200, metadata={"help": "Train clips of the demo corpus that --demo_assets writes."}
+    )
+    demo_num_val_clips: int = field(default=60, metadata={"help": "Val clips of the demo corpus."})
 
 
 @dataclass
@@ -87,7 +91,6 @@ class KVCapTrainingArguments(TrainingArguments):
 
     # Defaults that suit kvcap rather than the generic Trainer.
     remove_unused_columns: bool = False
-    gradient_checkpointing: bool = True
     max_grad_norm: float = 1.0
     eval_strategy: str = "epoch"
     save_strategy: str = "epoch"
@@ -96,6 +99,19 @@ class KVCapTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         self.num_train_epochs = self.stage1_epochs + self.stage2_epochs
+        # On unless asked otherwise, under either name (`gradient_checkpointing` is the deprecated alias): the
+        # language model's activations dominate memory at real size.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
+        elif None not in (self.activation_checkpointing, self.gradient_checkpointing) and (
+            self.activation_checkpointing != self.gradient_checkpointing
+        ):
+            # The Trainer would keep activation_checkpointing and silently drop the alias (e.g. a preset's value
+            # against a command-line --gradient_checkpointing).
+            raise ValueError(
+                f"activation_checkpointing={self.activation_checkpointing} but gradient_checkpointing="
+                f"{self.gradient_checkpointing}; set activation_checkpointing only (the other is its deprecated alias)."
+            )
         super().__post_init__()
 
 
