@@ -207,8 +207,6 @@ def finish_run(run: TrainingRun) -> dict:
         write_model_card(final_dir, merged.config, training_args, metrics)
         logger.info(f"Final model: {final_dir}")
         if run.push_to_hub:
-            if not training_args.hub_model_id:
-                raise ValueError("--push_to_hub needs --hub_model_id org/name.")
             url = push_folder(final_dir, training_args.hub_model_id, token=training_args.hub_token)
             logger.info(f"Pushed to {url}")
     trainer.accelerator.wait_for_everyone()

@@ -250,6 +250,14 @@ def test_a_preset_without_data_dir_is_refused(capsys):
     assert "--data_dir" in capsys.readouterr().err
 
 
+def test_push_to_hub_without_a_repository_id_is_refused_before_training(capsys):
+    argv = [str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", "/tmp/kvcap-x", "--push_to_hub", "true"]
+    with pytest.raises(SystemExit):
+        parse_arguments(argv)
+    assert "--hub_model_id" in capsys.readouterr().err
+    assert parse_arguments([*argv, "--hub_model_id", "org/kvcap-mlp"])[2].hub_model_id == "org/kvcap-mlp"
+
+
 CLEAN_CAPTION = r"""
 import json, sys
 folder, video, output = sys.argv[1:]

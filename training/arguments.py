@@ -148,6 +148,9 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if not data_args.data_dir:
         parser.error("--data_dir (an AI-Hub corpus root) is required.")
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        # Said now, not after hours of training when the push would fail.
+        parser.error("--push_to_hub needs --hub_model_id org/name.")
     if training_args.world_size != world_size:
         raise RuntimeError(
             f"Launched as {world_size} processes but training would run with world size {training_args.world_size}."
