@@ -9,7 +9,8 @@ Korean, so the miniature gets the same head start, in about two minutes on 2 CPU
   colour × shape pairs are never shown, so they stay novel for the whole system. The text is what one frame
   shows (each object's colour and shape, the sky, the ground), not the templated caption, in which objects are
   a few words among many. Contrast alone is won on colours and the sky, so an auxiliary loss asks every patch
-  token the projector reads for the colour and, separately, the shape of the object covering it;
+  token the projector reads for the colour and, separately, the shape of the object covering it, and for the
+  token's own place in the patch grid;
 - the language model learns the corpus language: chat-formatted captions after kvcap's prompt (no video).
 """
 
@@ -113,8 +114,9 @@ def pretrain_vision_tower(
     )  # (N, T, P, 2)
     clip.colour_head = torch.nn.Linear(vision.config.hidden_size, len(COLORS) + 1)
     clip.shape_head = torch.nn.Linear(vision.config.hidden_size, len(SHAPES) + 1)
-    # A real ViT's patch tokens know where they are; nothing above needs it, so the tiny one would lose it, and
-    # with it any chance of telling left from right once the tokens reach the language model.
+    # A real ViT's patch tokens know where they are. Nothing above needs it, so the tiny one's lost it (a linear
+    # probe read 30 % of places), and the language model, which sees no patch index, could not tell left from
+    # right.
     clip.position_head = torch.nn.Linear(vision.config.hidden_size, grid * grid)
     positions = torch.arange(grid * grid).repeat(batch_size)
 
