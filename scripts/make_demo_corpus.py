@@ -330,10 +330,15 @@ def _paths(scene: dict[str, Any], w: int, sky_h: int, r: float, rng: np.random.G
     return out
 
 
+def _sky_height(height: int) -> int:
+    # Objects stay in the sky so the ground band (the category cue) is never covered.
+    return round(0.75 * height)
+
+
 def render_frames(scene: dict[str, Any], size: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB frames for a scene; fills ``path`` and ``radius_px`` into its objects."""
     h = w = size
-    sky_h = round(0.75 * h)  # objects stay in the sky so the ground band (category cue) is never covered
+    sky_h = _sky_height(h)
     r = max(4.0, round(0.14 * size, 1))  # large enough that shape survives downscaling to the tiny 48 px
     bg = _background(scene, h, w, sky_h, rng)
     for obj, path in zip(scene["objects"], _paths(scene, w, sky_h, r, rng), strict=True):
@@ -352,7 +357,7 @@ def object_maps(scene: dict[str, Any], size: int, num_frames: int) -> np.ndarray
     Reads the paths :func:`render_frames` stored in the scene; a later object covers an earlier one, as drawn.
     """
     h = w = size
-    sky_h = round(0.75 * h)
+    sky_h = _sky_height(h)
     owners = np.zeros((num_frames, h, w), dtype=np.uint8)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     for k, obj in enumerate(scene["objects"]):
