@@ -233,11 +233,13 @@ def test_activation_checkpointing_is_on_by_default_and_either_name_turns_it_off(
     base = [str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", "/tmp/kvcap-x"]
     preset = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     assert parse_arguments(base)[2].activation_checkpointing is preset["activation_checkpointing"]
+    no_preset = [*base[1:], "--data_dir", "/data/aihub"]
+    assert parse_arguments(no_preset)[2].activation_checkpointing is True
     real = [str(REPO_ROOT / "configs" / "mlp_2l.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
     assert parse_arguments(real)[2].activation_checkpointing is True
     assert parse_arguments([*real, "--activation_checkpointing", "false"])[2].activation_checkpointing is False
     with pytest.warns(FutureWarning, match="gradient_checkpointing"):
-        legacy = parse_arguments([*base[1:], "--data_dir", "/data/aihub", "--gradient_checkpointing", "false"])[2]
+        legacy = parse_arguments([*no_preset, "--gradient_checkpointing", "false"])[2]
     assert legacy.activation_checkpointing is False and legacy.gradient_checkpointing is False
     # Against a preset's activation_checkpointing the alias would be dropped silently; it is refused instead.
     with pytest.raises(ValueError, match="deprecated alias"):
