@@ -6,6 +6,7 @@ downloaded, and the Hub is switched off for the whole run so a test can never re
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -138,3 +140,15 @@ def run_in_clean_interpreter(script: str, *args: str, workdir: Path) -> subproce
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed
+
+
+def run_offline_at_repo_root(script: str, *args: str, hf_home: Path, timeout: int = 120) -> Any:
+    """Run `script` in a fresh interpreter at the repository root with the Hub offline (as `evaluate.load` of a
+    local metric folder runs for a user); returns its last line of output, parsed as JSON."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_HOME": str(hf_home)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    completed = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
 from metrics.caption_diversity.caption_diversity import CaptionDiversity, self_bleu, tokenize
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .conftest import run_offline_at_repo_root
 
 ALL_EQUAL = ["맑은 날 도심의 넓은 도로 위로 자동차들이 천천히 지나가고 있다."] * 8
 NEAR_DUPLICATES = [
@@ -152,12 +147,6 @@ def test_evaluate_load_offline(tmp_path, metric):
         "m = evaluate.load('metrics/caption_diversity')\n"
         f"print(json.dumps({{'out': m.compute(predictions={NEAR_DUPLICATES!r}), 'citation': m.citation}}))\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = run_offline_at_repo_root(script, hf_home=tmp_path / "hf")
     assert loaded["out"] == metric.compute(predictions=NEAR_DUPLICATES)
     assert "Texygen" in loaded["citation"]

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from nltk.tokenize import NLTKWordTokenizer
@@ -16,7 +11,7 @@ from nltk.translate.meteor_score import meteor_score, single_meteor_score
 
 from metrics.korean_meteor.korean_meteor import KoreanMeteor, KoreanStemmer, derangement, tokenize
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .conftest import run_offline_at_repo_root
 
 # Word lists as strings: one line each reads better than a list literal of Hangul.
 NOUNS = "자동차 도로 하늘 바다 산 사람 건물 나무 강 다리 구름 배 공원 거리 신호등 빌딩 햇빛 꽃 기차 버스".split()  # noqa: SIM905
@@ -340,13 +335,7 @@ def test_evaluate_load_offline(tmp_path, metric):
         "                references=['자동차가 달렸다.', '맑은 하늘'])\n"
         "print(json.dumps({'out': out, 'citation': m.citation, 'name': m.name}))\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = run_offline_at_repo_root(script, hf_home=tmp_path / "hf")
     here = metric.compute(
         predictions=["자동차가 달린다.", "하늘이 맑다."], references=["자동차가 달렸다.", "맑은 하늘"]
     )

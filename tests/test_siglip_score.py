@@ -6,11 +6,7 @@ Uses the session fixture ``tiny_backbones`` (tests/conftest.py: ``build_tiny_bac
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +18,8 @@ from transformers import AutoProcessor, SiglipModel
 from metrics.siglip_score import siglip_score as siglip_module
 from metrics.siglip_score.siglip_score import SiglipScore, load_preprocessing, split_sentences
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .conftest import run_offline_at_repo_root
+
 COLOURS = {
     "빨간색": (220, 30, 30),
     "초록색": (30, 200, 40),
@@ -205,20 +202,19 @@ def test_evaluate_load_offline(colour_siglip, tmp_path):
     )
     clips = colour_clips(seed=7)
     np.save(tmp_path / "clips.npy", np.stack(clips))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(colour_siglip), str(tmp_path / "clips.npy"), *CAPTIONS],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    loaded = run_offline_at_repo_root(
+        script, str(colour_siglip), str(tmp_path / "clips.npy"), *CAPTIONS, hf_home=tmp_path / "hf", timeout=180
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
     here = SiglipScore(model_name_or_path=str(colour_siglip)).compute(
         predictions=CAPTIONS, videos=clips, progress=False
     )
     np.testing.assert_allclose(loaded["out"]["scores"], here["scores"], rtol=1e-6)
     assert "Sigmoid Loss" in loaded["citation"]
+
+
+def test_floor_pairs_the_same_clips_as_the_meteor_floor():
+    from metrics.korean_meteor.korean_meteor import derangement as meteor_derangement
+
+    for n in (2, 3, 17, 60):
+        for seed in (0, 1, 5):
+            assert siglip_module.derangement(n, seed) == meteor_derangement(n, seed)

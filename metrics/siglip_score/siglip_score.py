@@ -252,6 +252,8 @@ def embed_texts(
     return torch.cat(chunks)
 
 
+# The same pairing as korean_meteor's floor, so both floors score the same mismatched clips. An evaluate module
+# loads as a standalone folder and cannot import its sibling, hence the copy (tests check they stay equal).
 def derangement(n: int, seed: int = 0) -> list[int]:
     """A permutation with no fixed point (Sattolo's algorithm: one random n-cycle), the same for the same seed."""
     order = list(range(n))
