@@ -351,12 +351,13 @@ def load_model_and_processor(
         raise FileNotFoundError(f"model folder not found: {model_name_or_path}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
-    kwargs: dict[str, Any] = {"trust_remote_code": True, "dtype": _resolve_dtype(dtype, device)}
+    # Read once: it says whether the folder was saved quantized, and the model load reuses it.
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True)
+    kwargs: dict[str, Any] = {"config": config, "trust_remote_code": True, "dtype": _resolve_dtype(dtype, device)}
     if load_in_4bit:
         from modeling_kvcap import kvcap_4bit_config
 
         kwargs["quantization_config"] = kvcap_4bit_config(compute_dtype=kwargs["dtype"])
-    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True)
     saved_quantized = getattr(config, "quantization_config", None)
     if load_in_4bit or saved_quantized is not None:
         # Quantized weights cannot be moved after loading; they are placed on the device as they load.
