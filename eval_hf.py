@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
-from evaluation.report import frames_to_data_uris, write_report
+from kvcap.evaluation.report import frames_to_data_uris, write_report
 
 DEFAULT_SIGLIP_MODEL = "google/siglip2-so400m-patch14-384"
 DEFAULT_MAX_NEW_TOKENS = 768
@@ -285,7 +285,7 @@ def generate_captions(
         videos: the clips, each a video path or ``(num_frames, H, W, 3)`` uint8 RGB frames (as
             ``processor.load_frames(path)`` returns them); or
         video_features: cached frozen-encoder features instead, one ``(T, P, D)`` tensor per clip or an
-            ``(N, T, P, D)`` tensor (what ``processing.feature_cache`` stores).
+            ``(N, T, P, D)`` tensor (what ``kvcap.training.feature_cache`` stores).
         batch_size: clips per ``generate`` call.
         prompt: one instruction for all clips or one per clip (``None`` entries take the processor's default).
         progress: show a tqdm bar over clips (on stderr).
@@ -572,9 +572,9 @@ def _attribute_recall_fn() -> Any:
     # Only the demo corpus' labels carry attributes; its checker lives with the corpus generator, in the repository's
     # scripts/ (not part of an installed kvcap), so without it the score is left out rather than failing the run.
     try:
-        from scripts.make_demo_corpus import attribute_recall
+        from kvcap.demo.corpus import attribute_recall
     except ImportError:
-        _log("attribute recall skipped: scripts.make_demo_corpus is not importable (run from the kvcap repository)")
+        _log("attribute recall skipped: kvcap.demo.corpus is not importable (run from the kvcap repository)")
         return None
     return attribute_recall
 

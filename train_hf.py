@@ -22,11 +22,12 @@ from transformers import set_seed
 
 from modeling_kvcap import KVCapForConditionalGeneration, kvcap_4bit_config
 from processing.aihub import load_aihub
-from processing.processing_kvcap import KVCapDataCollator, KVCapProcessor
-from training.arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
-from training.export import export_merged_model, push_folder, write_model_card
-from training.monitor import DiversityMonitorCallback
-from training.trainer import KVCapTrainer
+from kvcap.training.collator import KVCapDataCollator
+from processing.processing_kvcap import KVCapProcessor
+from kvcap.training.arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
+from kvcap.training.export import export_merged_model, push_folder, write_model_card
+from kvcap.training.monitor import DiversityMonitorCallback
+from kvcap.training.trainer import KVCapTrainer
 
 logger = logging.getLogger("kvcap.train")
 
@@ -38,7 +39,7 @@ def model_dtype() -> torch.dtype:
 
 def stale_demo_backbones(vision: Path, text: Path) -> str | None:
     """Why the demo backbones at these paths must be (re)built, or None when they are current."""
-    from scripts.make_tiny_backbones import RECIPE_VERSION, built_recipe
+    from kvcap.demo.tiny_backbones import RECIPE_VERSION, built_recipe
 
     if not (vision.exists() and text.exists()):
         return "missing"
@@ -49,8 +50,8 @@ def stale_demo_backbones(vision: Path, text: Path) -> str | None:
 
 def ensure_demo_assets(model_args: ModelArguments, data_args: DataArguments) -> None:
     """Build the tiny backbones and the demo corpus at the configured paths when they are missing or stale."""
-    from scripts.make_demo_corpus import generate_corpus
-    from scripts.make_tiny_backbones import build_tiny_backbones
+    from kvcap.demo.corpus import generate_corpus
+    from kvcap.demo.tiny_backbones import build_tiny_backbones
 
     vision, text = Path(model_args.vision_model_name_or_path), Path(model_args.text_model_name_or_path)
     if vision.parent != text.parent:
@@ -70,7 +71,7 @@ def ensure_demo_assets(model_args: ModelArguments, data_args: DataArguments) -> 
 
 def demo_corpus_size(data_dir: Path) -> dict[str, int] | None:
     """Clips per split of the demo corpus in ``data_dir`` by its summary file (None when there is none)."""
-    from scripts.make_demo_corpus import SUMMARY_FILE
+    from kvcap.demo.corpus import SUMMARY_FILE
 
     summary = data_dir / SUMMARY_FILE
     if not summary.is_file():
@@ -148,7 +149,7 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     train_dataset = load_split(data_args, data_args.train_split, data_args.max_train_samples)
     eval_dataset = load_split(data_args, data_args.eval_split, data_args.max_eval_samples)
     if data_args.use_feature_cache:
-        from processing.feature_cache import cache_video_features
+        from kvcap.training.feature_cache import cache_video_features
 
         encoder = model.get_base_model()
         train_dataset = cache_video_features(train_dataset, encoder, processor, cache_dir=data_args.feature_cache_dir)
@@ -247,7 +248,7 @@ def final_evaluation(model, processor, eval_dataset, training_args: KVCapTrainin
     }
     attributes = _labelled_attributes(eval_dataset)
     if attributes is not None:
-        from scripts.make_demo_corpus import attribute_report
+        from kvcap.demo.corpus import attribute_report
 
         report = attribute_report(predictions, attributes, seed=training_args.seed)
         metrics.update({f"val_{key}": value for key, value in report.items()})

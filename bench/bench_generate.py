@@ -53,7 +53,7 @@ from eval_hf import generate_captions  # noqa: E402
 from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration  # noqa: E402
 from modeling_kvcap.configuration_kvcap import CLIP_VIT_L_14_336, QWEN3_8B  # noqa: E402
 from processing.processing_kvcap import KVCapProcessor  # noqa: E402
-from scripts.make_tiny_backbones import load_tokenizer  # noqa: E402
+from kvcap.demo.tiny_backbones import load_tokenizer  # noqa: E402
 
 PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
 

@@ -100,12 +100,13 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from processing.aihub import load_aihub  # noqa: E402
-from processing.feature_cache import cache_video_features  # noqa: E402
-from processing.processing_kvcap import KVCapDataCollator, KVCapProcessor  # noqa: E402
-from scripts.make_demo_corpus import generate_corpus  # noqa: E402
-from scripts.make_tiny_backbones import load_tokenizer  # noqa: E402
-from training.arguments import ModelArguments  # noqa: E402
-from training.stages import apply_stage, build_stage_optimizer  # noqa: E402
+from kvcap.training.feature_cache import cache_video_features  # noqa: E402
+from kvcap.training.collator import KVCapDataCollator  # noqa: E402
+from processing.processing_kvcap import KVCapProcessor  # noqa: E402
+from kvcap.demo.corpus import generate_corpus  # noqa: E402
+from kvcap.demo.tiny_backbones import load_tokenizer  # noqa: E402
+from kvcap.training.arguments import ModelArguments  # noqa: E402
+from kvcap.training.stages import apply_stage, build_stage_optimizer  # noqa: E402
 
 PATHS = ("cached", "on_the_fly", "seed")
 PATH_LABELS = {"cached": "cached features", "on_the_fly": "on the fly (decode + encode)", "seed": "seed loop"}

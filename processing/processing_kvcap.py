@@ -256,28 +256,6 @@ class KVCapProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values_videos"]
 
 
-class KVCapDataCollator:
-    """Batches dataset rows for the `Trainer`.
-
-    Each row has `caption` and one of `video_features` `(T, P, D)` (from the feature cache), `frames`
-    `(T, H, W, 3)` or `video_path`. Features are stacked as they are, so the vision tower never runs in training.
-    """
-
-    def __init__(self, processor: KVCapProcessor, max_length: int | None = None, prompt: str | None = None):
-        self.processor = processor
-        self.max_length = max_length
-        self.prompt = prompt
-
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> BatchFeature:
-        captions = [row["caption"] for row in rows]
-        if all("video_features" in row and row["video_features"] is not None for row in rows):
-            batch = self.processor(text=self.prompt, captions=captions, max_length=self.max_length)
-            batch["video_features"] = torch.stack([torch.as_tensor(row["video_features"]) for row in rows])
-            return batch
-        videos = [row["frames"] if row.get("frames") is not None else row["video_path"] for row in rows]
-        return self.processor(videos=videos, text=self.prompt, captions=captions, max_length=self.max_length)
-
-
 def _as_video_list(videos: VideoInput | Sequence[VideoInput] | None) -> list[VideoInput] | None:
     if videos is None:
         return None
@@ -311,7 +289,7 @@ def _pad(rows: list[list[int]], label_rows: list[list[int]], pad_id: int, side: 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "DEFAULT_PROMPT", "KVCapDataCollator", "KVCapProcessor"]
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "DEFAULT_PROMPT", "KVCapProcessor"]
 
 # Written into processor_config.json on save, so the saved folder loads with AutoProcessor + trust_remote_code.
 KVCapProcessor.register_for_auto_class("AutoProcessor")

@@ -1,6 +1,6 @@
 """Shared fixtures: tiny real backbones, the shipped Korean tokenizer and tiny kvcap models.
 
-Every model here is a real architecture at a tiny size (see `scripts/make_tiny_backbones.py`); nothing is
+Every model here is a real architecture at a tiny size (see `kvcap/demo/tiny_backbones.py`); nothing is
 downloaded, and the Hub is switched off for the whole run so a test can never reach it by accident.
 """
 
@@ -26,7 +26,7 @@ from transformers import CLIPImageProcessorPil
 
 from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration
 from processing.processing_kvcap import KVCapProcessor
-from scripts.make_tiny_backbones import (
+from kvcap.demo.tiny_backbones import (
     TINY_NUM_QUERY_TOKENS,
     build_tiny_backbones,
     load_tokenizer,

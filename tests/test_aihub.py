@@ -17,7 +17,7 @@ import pytest
 
 from processing import aihub
 from processing.video_io import read_video_frames
-from scripts.make_demo_corpus import generate_corpus
+from kvcap.demo.corpus import generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_cli_report(messy: dict, tmp_path: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from scripts.make_demo_corpus import sample_caption_texts
+    from kvcap.demo.corpus import sample_caption_texts
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from processing.video_io import probe_video, read_video_frames
-from scripts import make_demo_corpus as demo
+from kvcap.demo import corpus as demo
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL = 30, 12
@@ -25,7 +25,7 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
     a = tmp_path_factory.mktemp("demo_a")
     b = tmp_path_factory.mktemp("demo_b")
     summary = demo.generate_corpus(a, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=3)
-    cmd = [sys.executable, "scripts/make_demo_corpus.py", "--out", str(b)]
+    cmd = [sys.executable, "kvcap/demo/corpus.py", "--out", str(b)]
     cmd += ["--num-train", str(NUM_TRAIN), "--num-val", str(NUM_VAL), "--seed", "3", "--workers", "1"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -170,7 +170,7 @@ def test_regenerating_replaces_previous_corpus(tmp_path: Path) -> None:
 
 
 def test_attribute_report_scores_captions_against_their_own_clip_and_against_chance():
-    from scripts.make_demo_corpus import attribute_report
+    from kvcap.demo.corpus import attribute_report
 
     red = {
         "objects": [{"color": "빨간색", "shape": "원", "motion": "왼쪽에서 오른쪽으로", "held_out": False}],

@@ -19,15 +19,15 @@ import pytest
 import torch
 
 from processing.aihub import load_aihub
-from processing.feature_cache import (
+from kvcap.training.feature_cache import (
     FEATURES_COLUMN,
     FeatureCacheIncomplete,
     cache_video_features,
     feature_cache_key,
     feature_cache_nbytes,
 )
-from processing.processing_kvcap import KVCapDataCollator
-from scripts.make_demo_corpus import generate_corpus
+from kvcap.training.collator import KVCapDataCollator
+from kvcap.demo.corpus import generate_corpus
 
 from .conftest import REPO_ROOT, tiny_processor
 
@@ -145,7 +145,7 @@ def test_key_covers_normalisation_image_size_and_sampling(model, tiny_tokenizer,
     processor.image_processor.crop_size = {"height": 24, "width": 24}  # any size other than the model's
     assert feature_cache_key(model, processor)[0] != key
     processor = tiny_processor(tiny_tokenizer, model.config)
-    import processing.feature_cache as feature_cache
+    import kvcap.training.feature_cache as feature_cache
 
     # A different sampling rule behind the same name (centre of each segment instead of its start) changes the key.
     def centred(total: int, num_frames: int) -> np.ndarray:
@@ -194,7 +194,7 @@ def test_unreadable_clips_are_counted_listed_and_excluded(train_set, model, tiny
         [train_set.select(range(3)), datasets.Dataset.from_dict(bad_rows, features=train_set.features)]
     )
 
-    with caplog.at_level(logging.WARNING, logger="processing.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="kvcap.training.feature_cache"):
         out, report, clips = run_cache(dataset, model, tiny_tokenizer, tmp_path / "cache", **SHARD)
     assert clips == 3 and len(out) == 3 and report.num_excluded == 2
     assert set(report.failed) == {str(truncated), str(missing)}
@@ -236,9 +236,9 @@ _RANK_SCRIPT = """
 import json, sys
 import torch
 from processing.aihub import load_aihub
-from processing.feature_cache import cache_video_features
+from kvcap.training.feature_cache import cache_video_features
 from modeling_kvcap import KVCapForConditionalGeneration
-from scripts.make_tiny_backbones import load_tokenizer
+from kvcap.demo.tiny_backbones import load_tokenizer
 from tests.conftest import tiny_processor
 vision, text, corpus, cache_dir, out = sys.argv[1:]
 model = KVCapForConditionalGeneration.from_pretrained_backbones(vision, text, projector_type="linear")

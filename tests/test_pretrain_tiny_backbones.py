@@ -3,9 +3,9 @@
 import torch
 from transformers import CLIPVisionModel, Qwen3ForCausalLM
 
-from scripts.make_demo_corpus import COLORS, SHAPES, object_maps, sample_training_scenes
-from scripts.make_tiny_backbones import tiny_text_config, tiny_vision_config
-from scripts.pretrain_tiny_backbones import (
+from kvcap.demo.corpus import COLORS, SHAPES, object_maps, sample_training_scenes
+from kvcap.demo.tiny_backbones import tiny_text_config, tiny_vision_config
+from kvcap.demo.pretrain import (
     patch_targets,
     pretrain_language_model,
     pretrain_vision_tower,

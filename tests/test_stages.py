@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from modeling_kvcap import KVCapForConditionalGeneration
-from training.stages import (
+from kvcap.training.stages import (
     LORA,
     PROJECTOR,
     StageSchedule,

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import train_hf
-from scripts.make_demo_corpus import generate_corpus
-from training.arguments import parse_arguments
-from training.stages import LORA, PROJECTOR, stage_parameter_groups
+from kvcap.demo.corpus import generate_corpus
+from kvcap.training.arguments import parse_arguments
+from kvcap.training.stages import LORA, PROJECTOR, stage_parameter_groups
 
 from .conftest import REPO_ROOT, run_in_clean_interpreter
 
@@ -371,7 +371,7 @@ def test_qlora_run_exports_lora_merged_into_unquantized_weights(tiny_backbones, 
 
 
 def test_demo_backbones_are_rebuilt_when_missing_or_built_by_another_recipe(tiny_backbones, tmp_path):
-    from scripts.make_tiny_backbones import RECIPE_FILE, RECIPE_VERSION, built_recipe
+    from kvcap.demo.tiny_backbones import RECIPE_FILE, RECIPE_VERSION, built_recipe
 
     vision, text = tiny_backbones["clip-vision"], tiny_backbones["qwen3"]
     # The shared test backbones are random, not pretrained: not what the demo needs.

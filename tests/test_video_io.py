@@ -26,7 +26,7 @@ from processing.video_io import (
     read_video_frames,
     sample_frame_indices,
 )
-from tests.video_clips import (
+from kvcap.demo.video_clips import (
     corrupt_copy,
     decode_all_rgb,
     frame_number,

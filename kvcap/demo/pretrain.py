@@ -50,7 +50,7 @@ def patch_targets(scene: dict, frame_size: int, num_frames: int, grid: int) -> n
     Class 0 is "no object" (one covering under a tenth of the patch counts as none); colours and shapes are
     numbered from 1 in the corpus vocabulary's order, separately, so held-out colour x shape pairs stay composable.
     """
-    from scripts.make_demo_corpus import COLORS, SHAPES, object_maps
+    from kvcap.demo.corpus import COLORS, SHAPES, object_maps
 
     owners = object_maps(scene, frame_size, num_frames)  # (T, S, S)
     cell = frame_size // grid
@@ -77,7 +77,7 @@ def pretrain_vision_tower(
 
     About 1.5 minutes on 2 CPU cores with the defaults, and 0.9 GB for the rendered frames.
     """
-    from scripts.make_demo_corpus import COLORS, SHAPES, sample_training_scenes
+    from kvcap.demo.corpus import COLORS, SHAPES, sample_training_scenes
 
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -158,7 +158,7 @@ def pretrain_language_model(
     seed: int = 0,
 ) -> list[float]:
     """Train `language_model` in place on chat-formatted captions; returns the loss per step."""
-    from scripts.make_demo_corpus import sample_caption_texts
+    from kvcap.demo.corpus import sample_caption_texts
 
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)

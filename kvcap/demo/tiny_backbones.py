@@ -7,8 +7,8 @@ with Qwen3's special tokens and kvcap's Qwen3 chat template.
 
 Usage::
 
-    python scripts/make_tiny_backbones.py --out DIR              # writes DIR/{clip-vision,qwen3,siglip}
-    python scripts/make_tiny_backbones.py --retrain-tokenizer    # rebuilds assets/tiny-korean-bpe
+    python kvcap/demo/tiny_backbones.py --out DIR              # writes DIR/{clip-vision,qwen3,siglip}
+    python kvcap/demo/tiny_backbones.py --retrain-tokenizer    # rebuilds assets/tiny-korean-bpe
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from transformers import (
 
 from processing.processing_kvcap import DEFAULT_CHAT_TEMPLATE
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = REPO_ROOT / "assets" / "tiny-korean-bpe"
-KOREAN_TEXT = REPO_ROOT / "assets" / "korean_text.txt"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+TOKENIZER_DIR = ASSETS_DIR / "tiny-korean-bpe"
+KOREAN_TEXT = ASSETS_DIR / "korean_text.txt"
 SEED = 0
 # Raised whenever the backbones or their pretraining change, so that demo assets built earlier are rebuilt.
 RECIPE_VERSION = 2
@@ -145,7 +145,7 @@ def tiny_siglip_config(vocab_size: int, pad_token_id: int, eos_token_id: int) ->
 def tokenizer_training_texts() -> list[str]:
     """The shipped Korean text plus captions drawn from the demo corpus grammar."""
     texts = [line.strip() for line in KOREAN_TEXT.read_text(encoding="utf-8").splitlines() if line.strip()]
-    from scripts.make_demo_corpus import sample_caption_texts
+    from kvcap.demo.corpus import sample_caption_texts
 
     return texts + sample_caption_texts(3000, seed=SEED)
 
@@ -223,7 +223,7 @@ def build_tiny_backbones(
     """Write ``clip-vision``, ``qwen3`` and ``siglip`` tiny checkpoints under ``out_dir``; returns their paths.
 
     Deterministic: the same seed gives the same weights on every run. Random weights take well under a second
-    (what tests use); ``pretrain=True`` adds the short pretraining of ``scripts/pretrain_tiny_backbones.py``
+    (what tests use); ``pretrain=True`` adds the short pretraining of ``kvcap/demo/pretrain.py``
     (about two minutes) that the demo needs.
     """
     out_dir = Path(out_dir)
@@ -233,7 +233,7 @@ def build_tiny_backbones(
     _seed_everything(SEED)
     vision = CLIPVisionModel(tiny_vision_config()).eval()
     if pretrain:
-        from scripts.pretrain_tiny_backbones import pretrain_vision_tower
+        from kvcap.demo.pretrain import pretrain_vision_tower
 
         pretrain_vision_tower(vision, tokenizer, seed=SEED)
     vision.save_pretrained(paths["clip-vision"])
@@ -244,7 +244,7 @@ def build_tiny_backbones(
     _seed_everything(SEED + 1)
     language_model = Qwen3ForCausalLM(tiny_text_config(len(tokenizer), tokenizer)).eval()
     if pretrain:
-        from scripts.pretrain_tiny_backbones import pretrain_language_model
+        from kvcap.demo.pretrain import pretrain_language_model
 
         pretrain_language_model(language_model, tokenizer, seed=SEED)
     language_model.save_pretrained(paths["qwen3"])

@@ -1,0 +1,5 @@
+"""The miniature: tiny real backbones, their pretraining, the synthetic AI-Hub-layout corpus and test clips.
+
+Data preparation only, kept apart from the product: `configs/demo.yaml` names `kvcap.demo.prepare` as its
+preparation step, and nothing in `modeling_kvcap`, `processing`, `metrics` or the rest of `kvcap` imports it.
+"""
