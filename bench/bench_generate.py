@@ -3,18 +3,20 @@
 For each projector it times, in one process and interleaved run by run:
 
 * **batched**: ``model.generate(input_ids, attention_mask, pixel_values_videos=B clips)``, one call for B clips:
-  left-padded prompts, the video encoded once at prefill, KV cache (what ``eval_hf.generate_captions`` does);
+  left-padded prompts, the video encoded once at prefill, KV cache (``kvcap.generation.generate_captions``, with the
+  model's own decoding policy);
 * **seed loop**: the seed's way, one clip at a time: CLIP features and the projector run by hand, the prompt's text
   embeddings are concatenated around the projected video tokens, and the language model's
   ``Qwen3ForCausalLM.generate(inputs_embeds=...)`` is called per clip (HF's KV cache inside each call, batch size 1).
   The ``Qwen3ForCausalLM`` shares kvcap's language-model and head weights, so both paths run the same network.
 
-Both decode greedily with the seed's repetition penalty 1.2 and exactly ``--max-new-tokens`` tokens
+Both decode greedily with the seed's repetition penalty 1.2 on the generated tokens (kvcap's path takes it from the
+model's ``generation_config``, the seed loop passes it) and exactly ``--max-new-tokens`` tokens
 (``min_new_tokens`` = ``max_new_tokens``), so they do the same work per caption; the script checks that both give
 the same tokens. linear / mlp_2l put ``T × P`` video tokens per clip in the prompt, perceiver / c_abstractor
 ``num_query_tokens``.
 
-Shapes:
+Shapes (``kvcap.demo.benchmarking``):
 
 * default (CPU): randomly initialised CLIP and Qwen3 larger than the test suite's tiny ones, so that model work, not
   Python overhead, dominates: 96 px frames in 8 px patches (12 × 12 = 144 patches, 8 × 144 = 1,152 video tokens for
@@ -32,13 +34,12 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,102 +48,32 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from transformers import CLIPImageProcessorPil, CLIPVisionConfig, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import Qwen3ForCausalLM  # noqa: E402
 
-from eval_hf import generate_captions  # noqa: E402
-from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration  # noqa: E402
-from modeling_kvcap.configuration_kvcap import CLIP_VIT_L_14_336, QWEN3_8B  # noqa: E402
-from processing.processing_kvcap import KVCapProcessor  # noqa: E402
+from kvcap.demo.benchmarking import bench_config, build, machine_description, make_processor, write_result  # noqa: E402
 from kvcap.demo.tiny_backbones import load_tokenizer  # noqa: E402
+from kvcap.generation import generate_captions  # noqa: E402
+from modeling_kvcap import PROJECTOR_TYPES, KVCapForConditionalGeneration  # noqa: E402
+from processing.processing_kvcap import KVCapProcessor  # noqa: E402
 
-PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
-
-
-def cpu_bench_config(projector_type: str, tokenizer, args: argparse.Namespace) -> KVCapConfig:
-    """Random CLIP + Qwen3 a notch above the test suite's tiny ones (see the module docstring)."""
-    vision = CLIPVisionConfig(
-        hidden_size=128,
-        intermediate_size=512,
-        projection_dim=64,
-        num_hidden_layers=args.vision_layers or 4,
-        num_attention_heads=4,
-        image_size=args.image_size,
-        patch_size=8,
-    )
-    text = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=args.text_layers or 4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=32,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return KVCapConfig(
-        vision_config=vision,
-        text_config=text,
-        projector_type=projector_type,
-        num_query_tokens=args.num_query_tokens,
-        perceiver_depth=2,
-        perceiver_num_heads=4,
-        abstractor_depth=1,
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-    )
+# The seed's decoding: greedy with this repetition penalty on the generated tokens (kvcap's default policy too).
+SEED_REPETITION_PENALTY = 1.2
 
 
-def real_shape_config(projector_type: str, tokenizer, args: argparse.Namespace) -> KVCapConfig:
-    """CLIP-ViT-L/14-336 + Qwen3-8B as ``KVCapConfig()`` describes them, optionally with fewer layers.
+def generation_kwargs(tokens: int, pad_token_id: int) -> dict[str, Any]:
+    """Greedy decoding of exactly ``tokens`` new tokens, for both paths.
 
-    The tiny tokenizer's ids all lie inside Qwen3's vocabulary, so prompts are built with it; the prompt's text part
-    is a few tokens shorter than with Qwen3's tokenizer, next to 4,608 (or 64) video tokens.
+    A fixed length makes both methods do the same work whatever a random model emits. The repetition penalty is not
+    among them: kvcap's path takes the model's own (its ``generation_config``, applied by its ``generate`` to the
+    generated tokens only); the seed loop passes the seed's :data:`SEED_REPETITION_PENALTY`.
     """
-    vision = CLIPVisionConfig(**{**CLIP_VIT_L_14_336, "num_hidden_layers": args.vision_layers or 24})
-    text = Qwen3Config(**{**QWEN3_8B, "num_hidden_layers": args.text_layers or 36})
-    return KVCapConfig(
-        vision_config=vision,
-        text_config=text,
-        projector_type=projector_type,
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-    )
+    return {"do_sample": False, "max_new_tokens": tokens, "min_new_tokens": tokens, "pad_token_id": pad_token_id}
 
 
-def build(config: KVCapConfig, device: str, dtype: torch.dtype, seed: int) -> KVCapForConditionalGeneration:
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        # Built directly on the device in the target dtype: an 8B model never passes through CPU float32.
-        with torch.device(device):
-            model = KVCapForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
-
-
-def make_processor(tokenizer, config: KVCapConfig) -> KVCapProcessor:
-    size = config.vision_config.image_size
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return KVCapProcessor(image_processor, tokenizer, num_video_tokens=config.num_video_tokens)
-
-
-def generation_kwargs(tokens: int, pad_token_id: int) -> dict:
-    # A fixed length makes both methods do the same work whatever a random model emits.
-    return {
-        "do_sample": False,
-        "max_new_tokens": tokens,
-        "min_new_tokens": tokens,
-        "repetition_penalty": 1.2,
-        "pad_token_id": pad_token_id,
-    }
-
-
-def batched_generate(model, processor, frames: np.ndarray, gen: dict) -> list[str]:
-    """kvcap's path: ``eval_hf.generate_captions`` on all clips in one batch (one ``generate`` call)."""
+def batched_generate(
+    model: KVCapForConditionalGeneration, processor: KVCapProcessor, frames: np.ndarray, gen: dict[str, Any]
+) -> list[str]:
+    """kvcap's path: ``kvcap.generation.generate_captions`` on all clips in one batch (one ``generate`` call)."""
     return generate_captions(model, processor, list(frames), batch_size=len(frames), **gen)
 
 
@@ -157,7 +88,9 @@ def seed_causal_lm(model: KVCapForConditionalGeneration) -> Qwen3ForCausalLM:
 
 
 @torch.inference_mode()
-def seed_loop_generate(model, processor, frames: np.ndarray, gen: dict) -> list[str]:
+def seed_loop_generate(
+    model: KVCapForConditionalGeneration, processor: KVCapProcessor, frames: np.ndarray, gen: dict[str, Any]
+) -> list[str]:
     """The seed's loop: per clip, preprocessing, vision tower and projector by hand, text embeddings concatenated
     around the video tokens, then ``Qwen3ForCausalLM.generate(inputs_embeds=...)``."""
     device = model.get_input_embeddings().weight.device
@@ -176,7 +109,12 @@ def seed_loop_generate(model, processor, frames: np.ndarray, gen: dict) -> list[
         inputs_embeds = torch.cat([text_before, video.to(text_before.dtype), text_after], dim=1)
         attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=device)
         # With only inputs_embeds, generate returns just the new tokens (and penalises only those).
-        new_tokens = causal_lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **gen)
+        new_tokens = causal_lm.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            repetition_penalty=SEED_REPETITION_PENALTY,
+            **gen,
+        )
         captions.append(processor.batch_decode(new_tokens)[0])
     return captions
 
@@ -191,28 +129,20 @@ def timed(fn: Callable[..., list[str]], *args, device: str) -> tuple[float, list
     return time.perf_counter() - start, result
 
 
-def machine_description(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}"
-    )
-
-
 def run(args: argparse.Namespace) -> str:
     tokenizer = load_tokenizer()
     dtype = torch.bfloat16 if args.real_shape else torch.float32
     rows = []
     for projector_type in args.projectors:
-        make_config = real_shape_config if args.real_shape else cpu_bench_config
-        config = make_config(projector_type, tokenizer, args)
+        config = bench_config(
+            projector_type,
+            tokenizer,
+            real_shape=args.real_shape,
+            image_size=args.image_size,
+            num_query_tokens=args.num_query_tokens,
+            text_layers=args.text_layers,
+            vision_layers=args.vision_layers,
+        )
         model = build(config, args.device, dtype, args.seed)
         processor = make_processor(tokenizer, config)
         size = config.vision_config.image_size
@@ -265,7 +195,8 @@ def format_table(rows: list[dict], args: argparse.Namespace) -> str:
         shape += f", {args.text_layers or 36} text layers, {args.vision_layers or 24} vision layers"
     lines = [
         f"{shape}; batch {args.batch_size} clips; {args.max_new_tokens} new tokens per caption (greedy, "
-        f"repetition penalty 1.2); median of {args.runs} runs; {machine_description(args.device)}",
+        f"repetition penalty {SEED_REPETITION_PENALTY} on generated tokens); median of {args.runs} runs; "
+        f"{machine_description(args.device)}",
         "",
         "| projector | video tokens / clip | prompt tokens / clip | batched captions/s | seed loop captions/s "
         "| batched ÷ seed | batched s / batch | seed s / batch | identical captions |",
@@ -310,15 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/bench_generate.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_result(command, run(args), args.out)
     return 0
-
-
-def write_result(command: str, table: str, out: Path | None) -> None:
-    """Print the command and its Markdown table, and write them to `out` when given."""
-    text = f"`{command.strip()}`\n\n{table}"
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ Gradient-checkpointing recomputation and padding are not model FLOPs. MFU = mode
 
 Shapes:
 
-* default (CPU): bench_generate.py's random CLIP 128 wide x 4 layers on 96 px frames in 8 px patches (144 patches,
-  1,152 video tokens per clip for linear / mlp_2l, 64 for perceiver / c_abstractor) and Qwen3 256 wide x 4 layers,
-  float32, with the shipped tiny Korean tokenizer and a 64-clip demo corpus (``generate_corpus``);
+* default (CPU): ``kvcap.demo.benchmarking``'s random CLIP 128 wide x 4 layers on 96 px frames in 8 px patches
+  (144 patches, 1,152 video tokens per clip for linear / mlp_2l, 64 for perceiver / c_abstractor) and Qwen3 256 wide
+  x 4 layers, float32, with the shipped tiny Korean tokenizer and a 64-clip demo corpus (``generate_corpus``);
 * ``--real-shape``: CLIP-ViT-L/14-336 + Qwen3-8B (``KVCapConfig()`` defaults) randomly initialised on the device in
   bfloat16 (nothing downloaded), projector and LoRA in float32 under bf16 autocast as the Trainer runs them,
   gradient checkpointing on; ``--text-layers`` (alias ``--lm-layers``) / ``--vision-layers`` shrink it. 4-bit NF4
@@ -81,32 +81,24 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from bench_generate import (  # noqa: E402
-    PROJECTOR_TYPES,
-    build,
-    cpu_bench_config,
-    machine_description,
-    make_processor,
-    real_shape_config,
-    write_result,
-)
 from peft import get_peft_model  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from processing.aihub import load_aihub  # noqa: E402
-from kvcap.training.feature_cache import cache_video_features  # noqa: E402
-from kvcap.training.collator import KVCapDataCollator  # noqa: E402
-from processing.processing_kvcap import KVCapProcessor  # noqa: E402
+from kvcap.demo.benchmarking import bench_config, build, machine_description, make_processor, write_result  # noqa: E402
 from kvcap.demo.corpus import generate_corpus  # noqa: E402
 from kvcap.demo.tiny_backbones import load_tokenizer  # noqa: E402
 from kvcap.training.arguments import ModelArguments  # noqa: E402
+from kvcap.training.collator import KVCapDataCollator  # noqa: E402
+from kvcap.training.feature_cache import cache_video_features  # noqa: E402
 from kvcap.training.stages import apply_stage, build_stage_optimizer  # noqa: E402
+from modeling_kvcap import PROJECTOR_TYPES  # noqa: E402
+from processing.aihub import load_aihub  # noqa: E402
+from processing.processing_kvcap import KVCapProcessor  # noqa: E402
 
 PATHS = ("cached", "on_the_fly", "seed")
 PATH_LABELS = {"cached": "cached features", "on_the_fly": "on the fly (decode + encode)", "seed": "seed loop"}
@@ -135,9 +127,16 @@ class Setup:
 
 
 def build_lora_model(projector_type: str, tokenizer, args: argparse.Namespace) -> Any:
-    """Random kvcap at the chosen shape with ``train_hf.build_model``'s LoRA wrapping, set to stage 2."""
-    make_config = real_shape_config if args.real_shape else cpu_bench_config
-    config = make_config(projector_type, tokenizer, args)
+    """Random kvcap at the chosen shape with ``kvcap.training.run.build_model``'s LoRA wrapping, set to stage 2."""
+    config = bench_config(
+        projector_type,
+        tokenizer,
+        real_shape=args.real_shape,
+        image_size=args.image_size,
+        num_query_tokens=args.num_query_tokens,
+        text_layers=args.text_layers,
+        vision_layers=args.vision_layers,
+    )
     model = build(config, args.device, torch.bfloat16 if args.real_shape else torch.float32, args.seed)
     # from_pretrained_backbones keeps the trainable projector in float32 whatever the backbones' dtype.
     model.model.multi_modal_projector.float()

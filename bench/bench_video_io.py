@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from processing.video_io import probe_video, read_video_frames  # noqa: E402
 from kvcap.demo.video_clips import make_clip  # noqa: E402
+from processing.video_io import probe_video, read_video_frames  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,14 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .configuration_kvcap import PROJECTOR_TYPES, KVCapConfig
-from .modeling_kvcap import KVCapForConditionalGeneration, KVCapModel, KVCapPreTrainedModel, kvcap_4bit_config
+from .modeling_kvcap import (
+    DEFAULT_MAX_NEW_TOKENS,
+    KVCapForConditionalGeneration,
+    KVCapModel,
+    KVCapPreTrainedModel,
+    kvcap_4bit_config,
+    kvcap_generation_config,
+)
 from .projectors import build_projector
 
 AutoConfig.register(KVCapConfig.model_type, KVCapConfig, exist_ok=True)
@@ -19,6 +26,7 @@ KVCapConfig.register_for_auto_class("AutoConfig")
 KVCapForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 __all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
     "PROJECTOR_TYPES",
     "KVCapConfig",
     "KVCapForConditionalGeneration",
@@ -26,4 +34,5 @@ __all__ = [
     "KVCapPreTrainedModel",
     "build_projector",
     "kvcap_4bit_config",
+    "kvcap_generation_config",
 ]

@@ -6,6 +6,20 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
+# Projectors that keep every patch of every frame as a video token; the others compress a clip to num_query_tokens.
+PER_PATCH_PROJECTORS = ("linear", "mlp_2l")
+# What a user chooses when composing kvcap from backbones; everything else follows from the backbones. Training sets
+# them, export rebuilds the model from `KVCapConfig.settings()` and config.json keeps them.
+MODEL_SETTINGS = (
+    "projector_type",
+    "num_frames",
+    "vision_feature_layer",
+    "num_query_tokens",
+    "projector_hidden_act",
+    "perceiver_depth",
+    "perceiver_num_heads",
+    "abstractor_depth",
+)
 
 DEFAULT_VISION_MODEL = "openai/clip-vit-large-patch14-336"
 DEFAULT_TEXT_MODEL = "Qwen/Qwen3-8B"
@@ -156,9 +170,13 @@ class KVCapConfig(PreTrainedConfig):
         `linear` / `mlp_2l` keep every patch of every frame (8 × 576 = 4,608 at real size); `perceiver` and
         `c_abstractor` compress a clip to `num_query_tokens`.
         """
-        if self.projector_type in ("linear", "mlp_2l"):
+        if self.projector_type in PER_PATCH_PROJECTORS:
             return self.num_frames * self.num_patches
         return self.num_query_tokens
+
+    def settings(self) -> dict:
+        """The `MODEL_SETTINGS` of this config: what rebuilding it from the same backbones needs."""
+        return {name: getattr(self, name) for name in MODEL_SETTINGS}
 
     @property
     def abstractor_pool_shape(self) -> tuple[int, int]:
@@ -171,4 +189,4 @@ class KVCapConfig(PreTrainedConfig):
         return c_abstractor_pool_shape(self.num_frames, self.num_query_tokens, self.patch_grid)
 
 
-__all__ = ["PROJECTOR_TYPES", "KVCapConfig"]
+__all__ = ["MODEL_SETTINGS", "PER_PATCH_PROJECTORS", "PROJECTOR_TYPES", "KVCapConfig"]

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModel,
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessorList,
+    PreTrainedModel,
+    RepetitionPenaltyLogitsProcessor,
+)
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.generation.utils import GenerateOutput
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import logging
@@ -20,6 +29,38 @@ from .projectors import KVCapCAbstractor, KVCapPerceiverResampler, build_project
 logger = logging.get_logger(__name__)
 
 VIDEO_TOKEN = "<|video_pad|>"
+# AI-Hub captions average ~575 characters and Qwen3 writes Korean prose at ~1.29 characters per token, so a caption
+# takes ~450 tokens on average; 768 covers ~990 characters. Greedy decoding stops earlier, at `<|im_end|>`.
+DEFAULT_MAX_NEW_TOKENS = 768
+# Penalises tokens already generated in the caption (never the prompt's, see `KVCapForConditionalGeneration.generate`).
+DEFAULT_REPETITION_PENALTY = 1.2
+
+
+def kvcap_generation_config(config: KVCapConfig, base: GenerationConfig | None = None) -> GenerationConfig:
+    """kvcap's decoding policy: greedy, `DEFAULT_MAX_NEW_TOKENS` new tokens, repetition penalty 1.2.
+
+    Args:
+        config: the kvcap config; its `video_token_id` is suppressed, so a caption can never hold a placeholder.
+        base: the language model's own generation config, read for `bos/eos/pad_token_id` only (Qwen3 ends on
+            `<|im_end|>` and `<|endoftext|>`); without it they come from `config.text_config`. Its sampling
+            settings (Qwen3-8B's temperature 0.6, top-p, top-k) are deliberately not carried over.
+    """
+    special_tokens = base if base is not None else config.text_config
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+        repetition_penalty=DEFAULT_REPETITION_PENALTY,
+        # Left unset so that greedy decoding raises no "sampling flags set while do_sample=False" warning.
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        bos_token_id=getattr(special_tokens, "bos_token_id", None),
+        eos_token_id=getattr(special_tokens, "eos_token_id", None),
+        pad_token_id=getattr(special_tokens, "pad_token_id", None),
+        # A generated placeholder would be taken for video input at the next step and fail the placeholder check.
+        suppress_tokens=[config.video_token_id] if config.video_token_id is not None else None,
+    )
 
 
 @dataclass
@@ -249,6 +290,8 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
         self.model = KVCapModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        # `from_pretrained` replaces this with the folder's generation_config.json when there is one.
+        self.generation_config = kvcap_generation_config(config)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -361,6 +404,57 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
             model_inputs["video_features"] = video_features
         return model_inputs
 
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ) -> GenerateOutput | torch.LongTensor:
+        r"""[`GenerationMixin.generate`], with the repetition penalty counting generated tokens only.
+
+        Given `input_ids`, transformers penalises every prompt token too, and kvcap's chat prompt holds `<|im_end|>`,
+        the token that ends a caption: penalising it makes captions run on. The effective penalty (a
+        `repetition_penalty=` argument, else that of `generation_config`, else that of `self.generation_config`) is
+        therefore applied by a `RepetitionPenaltyLogitsProcessor` that skips the prompt columns, appended to
+        `logits_processor`, while `generate` itself runs with `repetition_penalty=1.0`. A caller's own
+        `RepetitionPenaltyLogitsProcessor` in `logits_processor` is used as given, in place of this one.
+
+        Args:
+            inputs / input_ids: `(batch, prompt_len)` left-padded prompt ids with the `<|video_pad|>` placeholders;
+                the penalty ignores all `prompt_len` columns. With `inputs_embeds` `(batch, prompt_len, hidden)`
+                and no ids, the returned ids hold only new tokens, so nothing is skipped.
+            pixel_values_videos / video_features: as in `forward`.
+
+        Returns:
+            As `GenerationMixin.generate`: `(batch, prompt_len + new_tokens)` ids (only the new tokens when
+            generating from `inputs_embeds`), or a `GenerateOutput`.
+        """
+        if "repetition_penalty" in kwargs:
+            penalty = kwargs["repetition_penalty"]
+        elif generation_config is not None and generation_config.repetition_penalty is not None:
+            penalty = generation_config.repetition_penalty
+        else:
+            penalty = self.generation_config.repetition_penalty
+        processors = LogitsProcessorList(logits_processor or [])
+        caller_has_penalty = any(isinstance(processor, RepetitionPenaltyLogitsProcessor) for processor in processors)
+        if penalty is not None and penalty != 1.0:
+            # 1.0 keeps generate() from building its prompt-wide processor, so there is never a duplicate to merge.
+            if generation_config is not None:
+                # A config copy rather than a kwarg: generate() warns about a config passed with generation kwargs.
+                generation_config = copy.deepcopy(generation_config)
+                generation_config.repetition_penalty = 1.0
+                kwargs.pop("repetition_penalty", None)
+            else:
+                kwargs["repetition_penalty"] = 1.0
+            if not caller_has_penalty:
+                input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+                prompt_length = input_ids.shape[-1] if input_ids is not None else 0
+                processors.append(RepetitionPenaltyLogitsProcessor(float(penalty), prompt_ignore_length=prompt_length))
+        return super().generate(
+            inputs, generation_config=generation_config, logits_processor=processors or None, **kwargs
+        )
+
     @classmethod
     def from_pretrained_backbones(
         cls,
@@ -425,7 +519,8 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
         model.model.vision_tower = vision_tower.to(device).requires_grad_(False).eval()
         model.model.language_model = causal_lm.model
         model.lm_head = causal_lm.lm_head
-        model.generation_config = causal_lm.generation_config
+        # The language model's config is a chat policy (Qwen3-8B samples at temperature 0.6); keep its special tokens.
+        model.generation_config = kvcap_generation_config(config, causal_lm.generation_config)
         if getattr(causal_lm, "hf_quantizer", None) is not None:
             # Trainer and peft read these to treat the model as a quantized base for adapter training.
             model.hf_quantizer = causal_lm.hf_quantizer
@@ -463,8 +558,10 @@ def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16):
 
 
 __all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
     "KVCapForConditionalGeneration",
     "KVCapModel",
     "KVCapPreTrainedModel",
     "kvcap_4bit_config",
+    "kvcap_generation_config",
 ]

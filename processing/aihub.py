@@ -183,7 +183,8 @@ def _fmt_stats(st: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in st.items())
 
 
-def _length_stats(values: Sequence[int]) -> dict[str, float]:
+def length_stats(values: Sequence[int]) -> dict[str, float]:
+    """Count, mean, min, median, 95th percentile (nearest rank) and max of ``values`` ({} when empty)."""
     if not values:
         return {}
     ordered = sorted(values)
@@ -476,9 +477,9 @@ def _scan_split(
     report.num_usable = len(rows)
     report.label_encodings = dict(encodings)
     report.categories = dict(Counter(r["category"] or "(none)" for r in rows).most_common())
-    report.caption_chars = _length_stats([len(r["caption"]) for r in rows])
+    report.caption_chars = length_stats([len(r["caption"]) for r in rows])
     if tokenizer is not None and rows:
-        report.caption_tokens = _length_stats(_token_lengths([r["caption"] for r in rows], tokenizer))
+        report.caption_tokens = length_stats(_token_lengths([r["caption"] for r in rows], tokenizer))
     return rows, report
 
 

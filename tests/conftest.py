@@ -24,8 +24,6 @@ import pytest
 import torch
 from transformers import CLIPImageProcessorPil
 
-from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration
-from processing.processing_kvcap import KVCapProcessor
 from kvcap.demo.tiny_backbones import (
     TINY_NUM_QUERY_TOKENS,
     build_tiny_backbones,
@@ -33,6 +31,8 @@ from kvcap.demo.tiny_backbones import (
     tiny_text_config,
     tiny_vision_config,
 )
+from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration
+from processing.processing_kvcap import KVCapProcessor
 
 PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
 REPO_ROOT = Path(__file__).resolve().parent.parent

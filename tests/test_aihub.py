@@ -15,9 +15,9 @@ import datasets
 import numpy as np
 import pytest
 
+from kvcap.demo.corpus import generate_corpus
 from processing import aihub
 from processing.video_io import read_video_frames
-from kvcap.demo.corpus import generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import eval_hf
-from kvcap.evaluation.report import render_report
-from modeling_kvcap import KVCapForConditionalGeneration
 from kvcap.demo.corpus import generate_corpus
 from kvcap.demo.tiny_backbones import TINY_NUM_QUERY_TOKENS
+from kvcap.evaluation.report import render_report
+from modeling_kvcap import KVCapForConditionalGeneration
 
 from .conftest import REPO_ROOT, tiny_processor
 

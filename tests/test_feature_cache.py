@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from processing.aihub import load_aihub
+from kvcap.demo.corpus import generate_corpus
+from kvcap.training.collator import KVCapDataCollator
 from kvcap.training.feature_cache import (
     FEATURES_COLUMN,
     FeatureCacheIncomplete,
@@ -26,8 +27,7 @@ from kvcap.training.feature_cache import (
     feature_cache_key,
     feature_cache_nbytes,
 )
-from kvcap.training.collator import KVCapDataCollator
-from kvcap.demo.corpus import generate_corpus
+from processing.aihub import load_aihub
 
 from .conftest import REPO_ROOT, tiny_processor
 

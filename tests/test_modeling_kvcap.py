@@ -1,12 +1,24 @@
-"""KVCapForConditionalGeneration: feature paths, placeholder merging, batched generation and input errors."""
+"""KVCapForConditionalGeneration: feature paths, placeholder merging, batched generation, the decoding policy
+stored with the model, and input errors."""
+
+import json
+import shutil
+import warnings
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForImageTextToText
+from transformers import (
+    AutoModel,
+    AutoModelForImageTextToText,
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+)
 
-from modeling_kvcap import KVCapForConditionalGeneration
+from modeling_kvcap import DEFAULT_MAX_NEW_TOKENS, KVCapForConditionalGeneration, kvcap_generation_config
 
-from .conftest import PROJECTOR_TYPES, random_clips, video_prompt_batch
+from .conftest import PROJECTOR_TYPES, random_clips, tiny_kvcap_config, video_prompt_batch
 
 CAPTIONS = ["맑은 낮, 빨간색 원이 왼쪽에서 오른쪽으로 이동합니다.", "밤의 시가지에 파란색 사각형이 멈춰 있습니다."]
 
@@ -219,3 +231,232 @@ def test_generation_from_merged_inputs_embeds_matches_ids_and_frames(make_tiny_m
             inputs_embeds=embeds, attention_mask=batch["attention_mask"], max_new_tokens=8, do_sample=False
         )
     assert torch.equal(from_embeds, from_ids[:, batch["input_ids"].shape[1] :])
+
+
+# --- the decoding policy stored with the model -------------------------------------------------------------
+
+
+def _force_logits(model: KVCapForConditionalGeneration, values: dict[int, float]):
+    """Hook `lm_head` so every logit is <= 0 except `values`: greedy picks then follow from the penalty alone."""
+
+    def hook(module, args, output):
+        output = output - output.amax(-1, keepdim=True)
+        for token_id, value in values.items():
+            output[..., token_id] = value
+        return output
+
+    return model.lm_head.register_forward_hook(hook)
+
+
+def _tokens_outside(tokenizer, input_ids: torch.Tensor, count: int) -> list[int]:
+    """The first `count` ordinary token ids that do not occur in `input_ids`."""
+    taken = set(input_ids.flatten().tolist()) | set(tokenizer.all_special_ids)
+    return [token_id for token_id in range(len(tokenizer)) if token_id not in taken][:count]
+
+
+def _assert_kvcap_policy(generation_config: GenerationConfig, video_token_id: int) -> None:
+    assert generation_config.do_sample is False
+    assert generation_config.num_beams == 1
+    assert generation_config.max_new_tokens == DEFAULT_MAX_NEW_TOKENS == 768
+    assert generation_config.repetition_penalty == 1.2
+    assert generation_config.suppress_tokens == [video_token_id]
+    assert generation_config.temperature is None
+    assert generation_config.top_p is None
+    assert generation_config.top_k is None
+
+
+def test_generation_config_is_kvcaps_policy_and_survives_save_and_load(tiny_tokenizer, tmp_path):
+    config = tiny_kvcap_config(tiny_tokenizer, "linear")
+    model = KVCapForConditionalGeneration(config)
+    _assert_kvcap_policy(model.generation_config, config.video_token_id)
+    assert model.generation_config.eos_token_id == config.text_config.eos_token_id
+    assert model.generation_config.pad_token_id == config.text_config.pad_token_id
+    assert model.generation_config.bos_token_id == config.text_config.bos_token_id
+    # strict validation raises on any "flag set but unused" issue, e.g. a temperature with do_sample=False.
+    model.generation_config.validate(strict=True)
+
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["do_sample"] is False
+    assert saved["num_beams"] == 1
+    assert saved["max_new_tokens"] == 768
+    assert saved["repetition_penalty"] == 1.2
+    assert saved["suppress_tokens"] == [config.video_token_id]
+    assert saved["eos_token_id"] == config.text_config.eos_token_id
+    assert not {"temperature", "top_p", "top_k"} & set(saved)
+    loaded = KVCapForConditionalGeneration.from_pretrained(tmp_path)
+    _assert_kvcap_policy(loaded.generation_config, config.video_token_id)
+    assert loaded.generation_config.to_diff_dict() == model.generation_config.to_diff_dict()
+
+
+def test_composed_model_gets_kvcaps_policy_not_the_language_models(tiny_backbones, tiny_tokenizer, tmp_path):
+    # A tiny Qwen3 folder carrying Qwen3-8B's chat policy: sampling at temperature 0.6, two end tokens.
+    im_end, endoftext = tiny_tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    qwen3 = shutil.copytree(tiny_backbones["qwen3"], tmp_path / "qwen3")
+    chat_policy = {
+        "bos_token_id": endoftext,
+        "eos_token_id": [im_end, endoftext],
+        "pad_token_id": endoftext,
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 20,
+    }
+    (qwen3 / "generation_config.json").write_text(json.dumps(chat_policy))
+    model = KVCapForConditionalGeneration.from_pretrained_backbones(tiny_backbones["clip-vision"], qwen3)
+    _assert_kvcap_policy(model.generation_config, model.config.video_token_id)
+    # The special tokens are the language model's own, both end tokens included.
+    assert model.generation_config.eos_token_id == [im_end, endoftext]
+    assert model.generation_config.pad_token_id == endoftext
+    assert model.generation_config.bos_token_id == endoftext
+    model.generation_config.validate(strict=True)
+
+
+def test_kvcap_generation_config_reads_special_tokens_from_the_text_config_without_a_base(tiny_tokenizer):
+    config = tiny_kvcap_config(tiny_tokenizer)
+    base = GenerationConfig(bos_token_id=1, eos_token_id=[2, 3], pad_token_id=4, do_sample=True, temperature=0.6)
+    from_base = kvcap_generation_config(config, base)
+    assert (from_base.bos_token_id, from_base.eos_token_id, from_base.pad_token_id) == (1, [2, 3], 4)
+    _assert_kvcap_policy(from_base, config.video_token_id)
+    alone = kvcap_generation_config(config)
+    assert alone.eos_token_id == config.text_config.eos_token_id
+    _assert_kvcap_policy(alone, config.video_token_id)
+
+
+def test_plain_generate_penalises_generated_tokens_only(make_tiny_model, tiny_tokenizer, monkeypatch):
+    """`<|im_start|>` is in the prompt; forced logits make it the top pick (10) over a token that is not (9).
+
+    Penalising generated tokens only: `<|im_start|>` first, then the other one (10 / 1.2 < 9), then `<|im_start|>`
+    for good (8.33 > 9 / 1.2). A prompt-wide penalty hits `<|im_start|>` at once, so the other token comes first.
+    """
+    model = make_tiny_model("linear").eval()
+    batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명해주세요.", "이 영상을 자세히 설명해주세요."])
+    prompt_length = batch["input_ids"].shape[1]
+    clips = random_clips(model.config, 2)
+    in_prompt = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    [not_in_prompt] = _tokens_outside(tiny_tokenizer, batch["input_ids"], 1)
+    assert (batch["input_ids"] == in_prompt).any(dim=1).all()
+    expected = torch.tensor([[in_prompt, not_in_prompt, in_prompt, in_prompt]] * 2)
+    built = []
+    get_logits_processor = model._get_logits_processor
+
+    def recording_get_logits_processor(*args, **kwargs) -> LogitsProcessorList:
+        built.append(get_logits_processor(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(model, "_get_logits_processor", recording_get_logits_processor)
+
+    hook = _force_logits(model, {in_prompt: 10.0, not_in_prompt: 9.0})
+    with torch.no_grad():
+        kvcap = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=4)
+        restricted = GenerationMixin.generate(
+            model,
+            **batch,
+            pixel_values_videos=clips,
+            max_new_tokens=4,
+            repetition_penalty=1.0,
+            logits_processor=LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2, prompt_length)]),
+        )
+        prompt_penalised = GenerationMixin.generate(
+            model, **batch, pixel_values_videos=clips, max_new_tokens=4, repetition_penalty=1.2
+        )
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        mask = (batch["input_ids"] == model.config.video_token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, model.get_video_features(pixel_values_videos=clips))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from_embeds = model.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"], max_new_tokens=4)
+    hook.remove()
+
+    assert torch.equal(kvcap[:, prompt_length:], expected)
+    assert torch.equal(kvcap, restricted)
+    assert torch.equal(
+        prompt_penalised[:, prompt_length:], torch.tensor([[not_in_prompt, in_prompt, in_prompt, in_prompt]] * 2)
+    )
+    # From embeddings the returned ids are the new tokens only, and the penalty skips nothing.
+    assert torch.equal(from_embeds, expected)
+    assert not [warning for warning in caught if "repetition_penalty" in str(warning.message)]
+    # Exactly one penalty processor, kvcap's: generate() built none of its own to merge or conflict with. Calls in
+    # order: kvcap from ids, the restricted reference, the prompt-penalised one, kvcap from embeddings.
+    penalties = [
+        [(p.penalty, p.prompt_ignore_length) for p in processors if isinstance(p, RepetitionPenaltyLogitsProcessor)]
+        for processors in built
+    ]
+    assert penalties[0] == penalties[1] == [(1.2, prompt_length)]
+    assert penalties[3] == [(1.2, 0)]
+
+
+def test_a_caption_ends_on_im_end_although_the_prompt_holds_it(make_tiny_model, tiny_tokenizer):
+    model = make_tiny_model("linear").eval()
+    batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명해주세요."])
+    clips = random_clips(model.config, 1)
+    im_end = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    [other] = _tokens_outside(tiny_tokenizer, batch["input_ids"], 1)
+    assert model.generation_config.eos_token_id == im_end
+    assert (batch["input_ids"] == im_end).any()
+    hook = _force_logits(model, {im_end: 10.0, other: 9.0})
+    with torch.no_grad():
+        kvcap = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=4)
+        prompt_penalised = GenerationMixin.generate(
+            model, **batch, pixel_values_videos=clips, max_new_tokens=4, repetition_penalty=1.2
+        )
+    hook.remove()
+    prompt_length = batch["input_ids"].shape[1]
+    assert kvcap[0, prompt_length:].tolist() == [im_end]
+    # Penalised for its place in the prompt, <|im_end|> loses to the other token and the caption runs on.
+    assert prompt_penalised[0, prompt_length].item() == other
+    assert prompt_penalised.shape[1] > prompt_length + 1
+
+
+def test_explicit_penalty_arguments_take_precedence(make_tiny_model, tiny_tokenizer):
+    """Forced logits 10, 9, 8: the third greedy pick shows the penalty in force (1.0, 1.2 or 2.0)."""
+    model = make_tiny_model("linear").eval()
+    batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명해주세요."])
+    clips = random_clips(model.config, 1)
+    prompt_length = batch["input_ids"].shape[1]
+    first, second, third = _tokens_outside(tiny_tokenizer, batch["input_ids"], 3)
+    hook = _force_logits(model, {first: 10.0, second: 9.0, third: 8.0})
+    with torch.no_grad():
+        default = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=3)
+        no_penalty = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=3, repetition_penalty=1.0)
+        from_config = model.generate(
+            **batch,
+            pixel_values_videos=clips,
+            generation_config=GenerationConfig(max_new_tokens=3, repetition_penalty=1.0),
+        )
+        strong = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=3, repetition_penalty=2.0)
+        own = model.generate(
+            **batch,
+            pixel_values_videos=clips,
+            max_new_tokens=3,
+            logits_processor=LogitsProcessorList([RepetitionPenaltyLogitsProcessor(2.0, prompt_length)]),
+        )
+    hook.remove()
+    # 1.2: 10 / 1.2 = 8.33 loses to 9, then beats 9 / 1.2 = 7.5 and 8.
+    assert default[0, prompt_length:].tolist() == [first, second, first]
+    assert no_penalty[0, prompt_length:].tolist() == [first] * 3
+    assert torch.equal(from_config, no_penalty)
+    # 2.0: 10 / 2 = 5 and 9 / 2 = 4.5 both lose to 8.
+    assert strong[0, prompt_length:].tolist() == [first, second, third]
+    # A caller's own penalty processor is used as given, not stacked on kvcap's.
+    assert torch.equal(own, strong)
+
+
+def test_the_video_token_is_never_generated(make_tiny_model, tiny_tokenizer):
+    model = make_tiny_model("mlp_2l").eval()
+    video_token_id = model.config.video_token_id
+    hook = _force_logits(model, {video_token_id: 10.0})
+    try:
+        for prompts in (["설명해주세요.", "이 영상을 자세히 설명해주세요."], ["설명해주세요."]):
+            batch = video_prompt_batch(tiny_tokenizer, model.config, prompts)
+            clips = random_clips(model.config, len(prompts))
+            with torch.no_grad():
+                generated = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=5)
+            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            assert new_tokens.shape[0] == len(prompts) and new_tokens.shape[1] >= 1
+            assert not (new_tokens == video_token_id).any()
+        # Without the suppression the forced placeholder is generated and fails the next step's placeholder check.
+        with torch.no_grad(), pytest.raises(ValueError, match=r"placeholder tokens but neither"):
+            model.generate(**batch, pixel_values_videos=clips, max_new_tokens=5, suppress_tokens=None)
+    finally:
+        hook.remove()

@@ -4,13 +4,13 @@ import torch
 from transformers import CLIPVisionModel, Qwen3ForCausalLM
 
 from kvcap.demo.corpus import COLORS, SHAPES, object_maps, sample_training_scenes
-from kvcap.demo.tiny_backbones import tiny_text_config, tiny_vision_config
 from kvcap.demo.pretrain import (
     patch_targets,
     pretrain_language_model,
     pretrain_vision_tower,
     visible_facts,
 )
+from kvcap.demo.tiny_backbones import tiny_text_config, tiny_vision_config
 
 
 def test_vision_pretraining_lowers_its_loss_and_changes_the_tower(tiny_tokenizer):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import CLIPImageProcessorPil
 
+from kvcap.demo.video_clips import make_clip
 from kvcap.training.collator import KVCapDataCollator
 from processing.processing_kvcap import DEFAULT_PROMPT, KVCapProcessor
 from processing.video_io import read_video_frames
 
 from .conftest import run_in_clean_interpreter, tiny_kvcap_config, tiny_processor
-from kvcap.demo.video_clips import make_clip
 
 CAPTIONS = ["맑은 낮, 빨간색 원이 왼쪽에서 오른쪽으로 이동합니다.", "밤의 시가지에 파란색 사각형이 멈춰 있습니다."]
 

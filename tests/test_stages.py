@@ -7,7 +7,6 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from modeling_kvcap import KVCapForConditionalGeneration
 from kvcap.training.stages import (
     LORA,
     PROJECTOR,
@@ -17,6 +16,7 @@ from kvcap.training.stages import (
     build_stage_scheduler,
     stage_parameter_groups,
 )
+from modeling_kvcap import KVCapForConditionalGeneration
 
 
 def test_each_stage_warms_up_then_decays_from_its_own_peak():

@@ -216,7 +216,8 @@ def test_yaml_presets_parse_and_command_line_overrides_them():
     preset = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     assert training_args.stage1_epochs == 3 and training_args.stage2_epochs == preset["stage2_epochs"]
     assert training_args.num_train_epochs == 3 + preset["stage2_epochs"]
-    assert data_args.demo_assets and not model_args.load_in_4bit
+    assert data_args.prepare == {"module": "kvcap.demo.prepare", **{k: preset["prepare"][k] for k in preset["prepare"]}}
+    assert not model_args.load_in_4bit and isinstance(training_args.stage2_learning_rate, float)
     for projector in ("linear", "mlp_2l", "perceiver", "c_abstractor"):
         model_args, data_args, training_args = parse_arguments(
             # bf16 is what the presets ask for on a GPU; this machine has none.
@@ -244,6 +245,21 @@ def test_activation_checkpointing_is_on_by_default_and_either_name_turns_it_off(
     # Against a preset's activation_checkpointing the alias would be dropped silently; it is refused instead.
     with pytest.raises(ValueError, match="deprecated alias"):
         parse_arguments([*real, "--gradient_checkpointing", "false"])
+
+
+def test_a_preset_with_an_unknown_key_is_refused_naming_file_and_key(tmp_path):
+    preset = tmp_path / "typo.yaml"
+    preset.write_text("data_dir: /data/aihub\nstage2_learning_rat: 1.0e-4\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"typo\.yaml: unknown argument\(s\) stage2_learning_rat"):
+        parse_arguments([str(preset)])
+
+
+def test_num_train_epochs_other_than_the_stages_is_refused():
+    argv = ["--data_dir", "/data/aihub", "--stage1_epochs", "1", "--stage2_epochs", "2"]
+    assert parse_arguments(argv)[2].num_train_epochs == 3
+    assert parse_arguments([*argv, "--num_train_epochs", "3"])[2].num_train_epochs == 3
+    with pytest.raises(ValueError, match="stage1_epochs and stage2_epochs"):
+        parse_arguments([*argv, "--num_train_epochs", "5"])
 
 
 def test_a_preset_without_data_dir_is_refused(capsys):
@@ -277,13 +293,17 @@ json.dump({"caption": caption, "class": type(model).__module__}, open(output, "w
 
 def test_final_folder_loads_in_one_line_where_kvcap_is_not_installed(tiny_backbones, corpus, tmp_path):
     output_dir = tmp_path / "run"
-    metrics = train_hf.main(run_argv(tiny_backbones, corpus, output_dir, final_eval=True, hub_model_id="org/kvcap-mlp"))
+    argv = run_argv(tiny_backbones, corpus, output_dir, final_eval=True, hub_model_id="org/kvcap-mlp")
+    metrics = train_hf.main(argv)
     final = output_dir / "final"
-    assert {"val_meteor", "val_meteor_shuffled_floor", "val_unique_ratio"} <= set(metrics)
-    assert json.loads((final / "eval_metrics.json").read_text()) == metrics
+    # The end of training runs the same evaluation as eval_hf.py, with the same files and schema.
+    assert json.loads((output_dir / "eval" / "metrics.json").read_text()) == metrics
+    assert metrics["overall"]["num_clips"] == 4 and metrics["overall"]["meteor"] is not None
+    assert {"predictions.jsonl", "report.html"} <= {path.name for path in (output_dir / "eval").iterdir()}
     card = (final / "README.md").read_text(encoding="utf-8")
     assert 'AutoModel.from_pretrained("org/kvcap-mlp", trust_remote_code=True)' in card
-    assert "val_meteor" in card
+    assert f"| val_meteor | {metrics['overall']['meteor']:.4f} |" in card
+    assert "model.generate(**inputs)" in card and "repetition_penalty" not in card.split("```")[1]
     assert (final / "adapter" / "adapter_model.safetensors").exists()
 
     video = sorted((corpus / "val" / "videos").glob("*.mp4"))[0]
@@ -368,28 +388,3 @@ def test_qlora_run_exports_lora_merged_into_unquantized_weights(tiny_backbones, 
     assert not any("quant" in key or "absmax" in key for key in merged), "no 4-bit state in the release"
     delta = (weight - original).abs().max()
     assert 1e-5 < delta < 0.5, f"LoRA update merged into the original weights (max change {delta})"
-
-
-def test_demo_backbones_are_rebuilt_when_missing_or_built_by_another_recipe(tiny_backbones, tmp_path):
-    from kvcap.demo.tiny_backbones import RECIPE_FILE, RECIPE_VERSION, built_recipe
-
-    vision, text = tiny_backbones["clip-vision"], tiny_backbones["qwen3"]
-    # The shared test backbones are random, not pretrained: not what the demo needs.
-    assert built_recipe(vision.parent) == {"version": RECIPE_VERSION, "pretrained": False}
-    assert "pretrained" in train_hf.stale_demo_backbones(vision, text)
-    assert train_hf.stale_demo_backbones(tmp_path / "clip-vision", tmp_path / "qwen3") == "missing"
-
-    current = tmp_path / "current"
-    for name in ("clip-vision", "qwen3"):
-        (current / name).mkdir(parents=True)
-    (current / RECIPE_FILE).write_text(json.dumps({"version": RECIPE_VERSION, "pretrained": True}))
-    assert train_hf.stale_demo_backbones(current / "clip-vision", current / "qwen3") is None
-    (current / RECIPE_FILE).write_text(json.dumps({"version": RECIPE_VERSION - 1, "pretrained": True}))
-    assert "recipe" in train_hf.stale_demo_backbones(current / "clip-vision", current / "qwen3")
-    (current / RECIPE_FILE).unlink()
-    assert "None" in train_hf.stale_demo_backbones(current / "clip-vision", current / "qwen3")
-
-
-def test_demo_corpus_size_is_read_from_its_summary(corpus, tmp_path):
-    assert train_hf.demo_corpus_size(corpus) == {"train": 16, "val": 4}
-    assert train_hf.demo_corpus_size(tmp_path) is None

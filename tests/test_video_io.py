@@ -19,13 +19,6 @@ import pytest
 from transformers.image_transforms import get_resize_output_image_size
 from transformers.video_utils import VideoMetadata, default_sample_indices_fn, load_video
 
-from processing.video_io import (
-    VideoInfo,
-    VideoReadError,
-    probe_video,
-    read_video_frames,
-    sample_frame_indices,
-)
 from kvcap.demo.video_clips import (
     corrupt_copy,
     decode_all_rgb,
@@ -37,6 +30,13 @@ from kvcap.demo.video_clips import (
     make_json_as_video,
     make_text_file,
     truncate_copy,
+)
+from processing.video_io import (
+    VideoInfo,
+    VideoReadError,
+    probe_video,
+    read_video_frames,
+    sample_frame_indices,
 )
 
 

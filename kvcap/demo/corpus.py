@@ -3,14 +3,14 @@
 Every clip is a small mp4 (default 96x96, 16 frames at 8 fps, libx264 yuv420p) showing one or two coloured
 shapes moving over a background whose sky colour gives the time of day and whose ground band gives the
 category. The Korean caption (a short paragraph from one of four templates) states exactly what is visible,
-and the label stores the same facts as structured attributes, so tests and benchmarks can check whether a
-generated caption names the right colour, shape, motion, time of day and category.
+and the label stores the same facts as structured attributes, so the ``metrics/caption_attributes`` metric can
+check whether a generated caption names the right colour, shape, motion, time of day and category.
 
 Layout written (the one ``processing.aihub`` reads)::
 
     OUT/train/videos/kvcap_demo_train_00000.mp4   OUT/train/labels/kvcap_demo_train_00000.json
     OUT/val/videos/...                             OUT/val/labels/...
-    OUT/demo_corpus.json                           (summary: vocabulary, held-out pairs, counts)
+    OUT/demo_corpus.json                           (summary: format version, vocabulary, held-out pairs, counts)
     OUT/README.md
 
 Val holds out colour x shape pairs (``HELD_OUT_PAIRS``) that never occur in train: even-numbered val clips
@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -148,6 +147,8 @@ def _sample_scene(
     return {
         "time_of_day": tod,
         "sky_color": TIMES_OF_DAY[tod]["sky"],
+        # The words a caption may name the time of day with, so the attribute metric needs no copy of TIMES_OF_DAY.
+        "time_of_day_words": [TIMES_OF_DAY[tod]["sky"], TIMES_OF_DAY[tod]["phrase"]],
         "category": category,
         "ground": GROUNDS[category],
         "num_objects": len(objects),
@@ -431,6 +432,9 @@ def _clip_job(args: tuple[str, int, str, str, int, int, int, int, bool]) -> dict
 
 
 SUMMARY_FILE = "demo_corpus.json"
+# Format of the labels and summary; raised whenever labels change, so callers rebuild an older corpus. Version 2
+# added ``time_of_day_words`` to every label's attributes (version 1 wrote no ``version`` into the summary).
+CORPUS_VERSION = 2
 
 
 def _prepare_out_dir(out: Path) -> None:
@@ -481,6 +485,7 @@ def generate_corpus(
 
     summary: dict[str, Any] = {
         "name": "kvcap demo corpus",
+        "version": CORPUS_VERSION,
         "seed": seed,
         "size": size,
         "num_frames": num_frames,
@@ -519,6 +524,22 @@ def generate_corpus(
     return summary
 
 
+def corpus_size(data_dir: str | os.PathLike) -> dict[str, int] | None:
+    """Clips per split (``{"train": n, "val": m}``) of the demo corpus in ``data_dir``, read from its summary.
+
+    None when there is no summary, or it is unreadable or of another ``CORPUS_VERSION``: such a corpus has to be
+    regenerated (``generate_corpus`` replaces it in place).
+    """
+    path = Path(data_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    if not isinstance(summary, dict) or summary.get("version") != CORPUS_VERSION:
+        return None
+    return {split: summary["splits"][split]["num_clips"] for split in ("train", "val")}
+
+
 def _readme(summary: dict[str, Any]) -> str:
     held = ", ".join(f"{c} {s}" for c, s in HELD_OUT_PAIRS)
     lines = [
@@ -548,101 +569,6 @@ def _readme(summary: dict[str, Any]) -> str:
             f"| {s['clips_with_held_out_pair']} |"
         )
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checking generated captions against the ground truth
-# ---------------------------------------------------------------------------------------------------------
-def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
-    """Fraction of the ground-truth facts a caption states: per-object colour+shape (as the adjacent phrase
-    "빨간색 원"), per-object motion (its phrase in the same sentence as the object), time of day (sky colour
-    word or time phrase), and category. Returns values in [0, 1] plus their mean under ``"all"``."""
-    sentences = _sentences(text)
-    objs = attributes["objects"]
-    obj_hits = motion_hits = 0
-    for o in objs:
-        noun = f"{o['color']} {o['shape']}"
-        # A bare substring test would accept "파란색 원" inside "파란색 원형"; require a particle or space next.
-        found = [s for s in sentences if _mentions_noun(s, noun)]
-        obj_hits += bool(found)
-        motion_hits += any(o["motion"] in s for s in found)
-    tod = TIMES_OF_DAY[attributes["time_of_day"]]
-    scores = {
-        "object": obj_hits / len(objs),
-        "motion": motion_hits / len(objs),
-        "time_of_day": float(tod["sky"] in text or tod["phrase"] in text),
-        "category": float(attributes["category"] in text),
-    }
-    scores["all"] = sum(scores.values()) / len(scores)
-    return scores
-
-
-def attribute_report(predictions: list[str], attributes: list[dict[str, Any]], seed: int = 0) -> dict[str, float]:
-    """How often captions name their clip's attributes, against chance.
-
-    ``recall_*``: mean :func:`attribute_recall` per fact, plus colour, shape and motion-by-colour on their own
-    (see ``_part_recall``); ``held_out_object_recall``: the same for objects of
-    held-out colour x shape pairs only (never seen in training); ``chance_*``: each caption scored against
-    another clip's attributes (a seeded derangement), i.e. what naming attributes without looking scores.
-    """
-    if len(predictions) != len(attributes):
-        raise ValueError(f"{len(predictions)} predictions for {len(attributes)} attribute sets.")
-    scores = [attribute_recall(text, attrs) for text, attrs in zip(predictions, attributes, strict=True)]
-    from metrics.korean_meteor.korean_meteor import derangement
-
-    # The same pairing as METEOR's shuffled-reference floor: no caption is scored against its own clip.
-    order = derangement(len(predictions), seed)
-    chance = [attribute_recall(predictions[i], attributes[k]) for i, k in enumerate(order)]
-    for score, text, attrs in zip(scores, predictions, attributes, strict=True):
-        score.update(_part_recall(text, attrs))
-    for score, index, other in zip(chance, range(len(order)), order, strict=True):
-        score.update(_part_recall(predictions[index], attributes[other]))
-    held_out_hits = [
-        _mentions_noun_anywhere(text, f"{obj['color']} {obj['shape']}")
-        for text, attrs in zip(predictions, attributes, strict=True)
-        for obj in attrs["objects"]
-        if obj.get("held_out")
-    ]
-    report: dict[str, float] = {}
-    for key in scores[0] if scores else ():
-        report[f"recall_{key}"] = float(np.mean([score[key] for score in scores]))
-        report[f"chance_{key}"] = float(np.mean([score[key] for score in chance]))
-    report["held_out_object_recall"] = float(np.mean(held_out_hits)) if held_out_hits else float("nan")
-    report["num_held_out_objects"] = len(held_out_hits)
-    return report
-
-
-def _part_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
-    """Colour and shape of each object named anywhere, separately (a shape word must stand as a word), and its
-    motion named in a sentence that names its colour (which tells the objects of a clip apart), shape or not."""
-    objects = attributes["objects"]
-    sentences = _sentences(text)
-    colours = sum(obj["color"] in text for obj in objects)
-    shapes = sum(bool(re.search(rf"(^|\s){obj['shape']}(이|가|은|는|을|를|과|와|\s|$)", text)) for obj in objects)
-    motions = sum(any(obj["color"] in s and obj["motion"] in s for s in sentences) for obj in objects)
-    return {
-        "colour": colours / len(objects),
-        "shape": shapes / len(objects),
-        "motion_by_colour": motions / len(objects),
-    }
-
-
-def _sentences(text: str) -> list[str]:
-    return [s for s in text.replace("!", ".").replace("?", ".").split(".") if s.strip()]
-
-
-def _mentions_noun_anywhere(text: str, noun: str) -> bool:
-    return any(_mentions_noun(sentence, noun) for sentence in _sentences(text))
-
-
-def _mentions_noun(sentence: str, noun: str) -> bool:
-    start = sentence.find(noun)
-    while start >= 0:
-        nxt = sentence[start + len(noun) : start + len(noun) + 1]
-        if nxt in ("", " ", ",", "이", "가", "은", "는", "을", "를", "과", "와", "도", "의"):
-            return True
-        start = sentence.find(noun, start + 1)
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

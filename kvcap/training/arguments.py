@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from modeling_kvcap.configuration_kvcap import DEFAULT_TEXT_MODEL, DEFAULT_VISION_MODEL
+from modeling_kvcap.configuration_kvcap import (
+    DEFAULT_TEXT_MODEL,
+    DEFAULT_VISION_MODEL,
+    MODEL_SETTINGS,
+    PROJECTOR_TYPES,
+    KVCapConfig,
+)
 from processing.processing_kvcap import DEFAULT_PROMPT
 
 
@@ -23,15 +28,34 @@ class ModelArguments:
     text_model_name_or_path: str = field(
         default=DEFAULT_TEXT_MODEL, metadata={"help": "Qwen3 causal LM checkpoint (Hub id or path)."}
     )
-    projector_type: str = field(default="mlp_2l", metadata={"help": "linear | mlp_2l | perceiver | c_abstractor"})
-    num_frames: int = field(default=8, metadata={"help": "Frames sampled per clip."})
-    vision_feature_layer: int = field(default=-2, metadata={"help": "Vision hidden state fed to the projector."})
-    num_query_tokens: int = field(default=64, metadata={"help": "Video tokens for perceiver / c_abstractor."})
+    # The model settings (MODEL_SETTINGS), with KVCapConfig's own defaults: one definition of each.
+    projector_type: str = field(default=KVCapConfig.projector_type, metadata={"help": " | ".join(PROJECTOR_TYPES)})
+    num_frames: int = field(default=KVCapConfig.num_frames, metadata={"help": "Frames sampled per clip."})
+    vision_feature_layer: int = field(
+        default=KVCapConfig.vision_feature_layer, metadata={"help": "Vision hidden state fed to the projector."}
+    )
+    num_query_tokens: int = field(
+        default=KVCapConfig.num_query_tokens, metadata={"help": "Video tokens for perceiver / c_abstractor."}
+    )
+    projector_hidden_act: str = field(
+        default=KVCapConfig.projector_hidden_act, metadata={"help": "Activation of the mlp_2l projector."}
+    )
+    perceiver_depth: int = field(default=KVCapConfig.perceiver_depth, metadata={"help": "Perceiver resampler layers."})
+    perceiver_num_heads: int = field(
+        default=KVCapConfig.perceiver_num_heads, metadata={"help": "Perceiver attention heads (64 dims each)."}
+    )
+    abstractor_depth: int = field(
+        default=KVCapConfig.abstractor_depth, metadata={"help": "C-Abstractor blocks before and after pooling."}
+    )
     load_in_4bit: bool = field(default=True, metadata={"help": "Quantize the language model to 4-bit NF4 (QLoRA)."})
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
+
+    def model_settings(self) -> dict:
+        """The `KVCapConfig` settings chosen here, passed whole to the model builder."""
+        return {name: getattr(self, name) for name in MODEL_SETTINGS}
 
     def lora_config(self):
         """LoRA on the language model's attention and MLP projections; the projector trains in full beside it."""
@@ -64,14 +88,13 @@ class DataArguments:
         default=True, metadata={"help": "Encode every clip once with the frozen vision tower and train on the cache."}
     )
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features live."})
-    demo_assets: bool = field(
-        default=False,
-        metadata={"help": "Build the tiny backbones and the demo corpus at the configured paths when missing."},
+    prepare: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Preset only: a data-preparation step run before the data is loaded (main process first), as "
+            "`{module: NAME, OPTION: VALUE...}`; NAME's `prepare(model_args, data_args, **options)` is called."
+        },
     )
-    demo_num_train_clips: int = field(
-        default=1200, metadata={"help": "Train clips of the demo corpus that --demo_assets writes."}
-    )
-    demo_num_val_clips: int = field(default=60, metadata={"help": "Val clips of the demo corpus."})
 
 
 @dataclass
@@ -86,7 +109,13 @@ class KVCapTrainingArguments(TrainingArguments):
     )
     diversity_threshold: float = field(default=0.5, metadata={"help": "Unique-caption ratio below which to warn."})
     stop_on_collapse: bool = field(default=False, metadata={"help": "Stop training when diversity collapses."})
-    generation_max_new_tokens: int = field(default=512, metadata={"help": "Caption length limit when generating."})
+    generation_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Caption length limit of the model's generation config (default kvcap's, 768 tokens): used by "
+            "the monitor and the final evaluation, and saved with the exported model."
+        },
+    )
     final_eval: bool = field(default=True, metadata={"help": "Caption the validation set at the end and score it."})
 
     # Defaults that suit kvcap rather than the generic Trainer.
@@ -98,7 +127,14 @@ class KVCapTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = True
 
     def __post_init__(self):
-        self.num_train_epochs = self.stage1_epochs + self.stage2_epochs
+        # The two stages define the run's length; a different --num_train_epochs would be silently ignored.
+        stages_total = self.stage1_epochs + self.stage2_epochs
+        if self.num_train_epochs not in (stages_total, TrainingArguments.num_train_epochs):
+            raise ValueError(
+                f"num_train_epochs={self.num_train_epochs} but the stages last {self.stage1_epochs} + "
+                f"{self.stage2_epochs} epochs; set stage1_epochs and stage2_epochs instead."
+            )
+        self.num_train_epochs = stages_total
         # On unless asked otherwise, under either name (`gradient_checkpointing` is the deprecated alias): the
         # language model's activations dominate memory at real size.
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
@@ -115,36 +151,34 @@ class KVCapTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def yaml_to_argv(path: str | Path) -> list[str]:
-    """Turn a YAML preset into command-line words, so later command-line words override it."""
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, KVCapTrainingArguments)
+
+
+def read_preset(path: str | Path) -> dict:
+    """A YAML preset as typed values, every key checked against the argument dataclasses."""
     values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a preset must be a mapping of argument names to values.")
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown argument(s) {', '.join(unknown)} (see `python train_hf.py --help`).")
+    return values
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, KVCapTrainingArguments]:
-    """`[preset.yaml] [--key value ...]` → the three argument dataclasses."""
+    """`[preset.yaml] [--key value ...]` → the three argument dataclasses; the command line overrides the preset."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
     if argv and argv[0].endswith((".yaml", ".yml")):
-        argv = yaml_to_argv(argv[0]) + argv[1:]
+        # The preset's values become the parser's defaults, so they keep their YAML types and flags override them.
+        parser.set_defaults(**read_preset(argv.pop(0)))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not torch.cuda.is_available():
         # Without use_cpu the processes of a CPU launch would each train alone, silently.
         argv += ["--use_cpu", "true"]
-    parser = HfArgumentParser((ModelArguments, DataArguments, KVCapTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if not data_args.data_dir:
         parser.error("--data_dir (an AI-Hub corpus root) is required.")

@@ -11,7 +11,7 @@ base checkpoints.
 
 from __future__ import annotations
 
-import json
+import copy
 from pathlib import Path
 
 import torch
@@ -41,17 +41,13 @@ def export_merged_model(
     merged = KVCapForConditionalGeneration.from_pretrained_backbones(
         config.vision_model_name_or_path,
         config.text_model_name_or_path,
-        projector_type=config.projector_type,
         dtype=dtype,
         projector_dtype=dtype,
         video_token_id=config.video_token_id,
-        num_frames=config.num_frames,
-        vision_feature_layer=config.vision_feature_layer,
-        num_query_tokens=config.num_query_tokens,
-        perceiver_depth=config.perceiver_depth,
-        perceiver_num_heads=config.perceiver_num_heads,
-        abstractor_depth=config.abstractor_depth,
+        **config.settings(),
     )
+    # The trained model's decoding policy (e.g. a run's max_new_tokens) is the released folder's.
+    merged.generation_config = copy.deepcopy(trained.get_base_model().generation_config)
     merged.multi_modal_projector.load_state_dict(trained_projector(trained).state_dict())
 
     adapter_config = trained.peft_config[trained.active_adapter]
@@ -76,58 +72,6 @@ def export_merged_model(
     processor.save_pretrained(output_dir)
     trained.save_pretrained(output_dir / "adapter")
     return merged
-
-
-def write_model_card(output_dir: str | Path, config, training_args, metrics: dict | None = None) -> Path:
-    """README.md with usage, the training recipe and, when given, the evaluation metrics."""
-    output_dir = Path(output_dir)
-    hub_id = getattr(training_args, "hub_model_id", None) or "org/kvcap"
-    lines = [
-        "---",
-        "language: ko",
-        "library_name: transformers",
-        "pipeline_tag: video-text-to-text",
-        "tags: [kvcap, video-captioning, korean, qlora]",
-        f"base_model: [{config.text_model_name_or_path}, {config.vision_model_name_or_path}]",
-        "---",
-        "",
-        f"# kvcap — {config.projector_type}",
-        "",
-        "Korean video captioning: 8 frames → frozen CLIP → "
-        f"`{config.projector_type}` projector ({config.num_video_tokens} video tokens) → Qwen3 with merged LoRA.",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from transformers import AutoModel, AutoProcessor",
-        "",
-        f'model = AutoModel.from_pretrained("{hub_id}", trust_remote_code=True)',
-        f'processor = AutoProcessor.from_pretrained("{hub_id}", trust_remote_code=True)',
-        'inputs = processor(videos=["clip.mp4"])',
-        "generated = model.generate(**inputs, max_new_tokens=512, repetition_penalty=1.2)",
-        'print(processor.batch_decode(generated, prompt_length=inputs["input_ids"].shape[1])[0])',
-        "```",
-        "",
-        "To load the language model in 4-bit, pass `quantization_config=kvcap_4bit_config()` (from `modeling_kvcap`),",
-        "which quantizes the language model only.",
-        "",
-        "## Training",
-        "",
-        f"- vision: `{config.vision_model_name_or_path}` (frozen, layer {config.vision_feature_layer})",
-        f"- language: `{config.text_model_name_or_path}`",
-        f"- stage 1: projector only, lr {training_args.stage1_learning_rate}, {training_args.stage1_epochs} epochs",
-        f"- stage 2: projector + LoRA, lr {training_args.stage2_learning_rate}, {training_args.stage2_epochs} epochs",
-        "- warmup 10 % + cosine per stage, grad-norm clip 1.0; LoRA merged into unquantized weights for release",
-    ]
-    if metrics:
-        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                lines.append(f"| {key} | {value:.4f} |")
-        lines += ["", "```json", json.dumps(metrics, ensure_ascii=False, indent=2, default=str), "```"]
-    path = output_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:

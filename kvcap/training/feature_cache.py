@@ -70,7 +70,7 @@ import datasets
 import numpy as np
 import torch
 
-from .video_io import VideoReadError, sample_frame_indices
+from processing.video_io import VideoReadError, sample_frame_indices
 
 logger = logging.getLogger(__name__)
 
@@ -187,18 +187,18 @@ class FeatureCacheReport:
 # Cache key
 # ---------------------------------------------------------------------------------------------------------
 def _feature_encoder(model: Any) -> Any:
-    """The object with ``get_vision_tower_features``: the model itself, its ``.model`` (ConditionalGeneration), or
-    deeper (a peft wrapper)."""
-    candidate = model
-    for _ in range(4):
-        if candidate is None:
-            break
+    """The head-less kvcap model (with ``get_vision_tower_features``) inside ``model``.
+
+    ``model`` is a ``KVCapModel``, a ``KVCapForConditionalGeneration`` (its ``.model``) or a PEFT wrapper of either.
+    """
+    if callable(getattr(model, "get_base_model", None)):
+        model = model.get_base_model()
+    for candidate in (model, getattr(model, "model", None)):
         if callable(getattr(candidate, "get_vision_tower_features", None)) and hasattr(candidate, "vision_tower"):
             return candidate
-        candidate = getattr(candidate, "model", None)
     raise TypeError(
         f"{type(model).__name__} has no get_vision_tower_features() with a vision_tower, nor a .model that has one; "
-        "pass a KVCapModel or KVCapForConditionalGeneration."
+        "pass a KVCapModel, a KVCapForConditionalGeneration or a PEFT wrapper of one."
     )
 
 

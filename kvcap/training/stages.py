@@ -122,7 +122,7 @@ def apply_stage(model: nn.Module, stage: int) -> None:
 
 
 class StageSwitchCallback(TrainerCallback):
-    """Switches stage 1 → 2 at the right optimizer step and logs the current stage with every log line."""
+    """Switches stage 1 → 2 at the right optimizer step (`KVCapTrainer.log` adds the stage to every log line)."""
 
     def __init__(self, schedule: StageSchedule):
         self.schedule = schedule
@@ -139,7 +139,3 @@ class StageSwitchCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self._enter(model, state.global_step)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.stage is not None and "loss" in logs:
-            logs["stage"] = self.stage

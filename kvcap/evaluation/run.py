@@ -1,0 +1,264 @@
+"""The one evaluation: caption records, score them, write ``predictions.jsonl``, ``metrics.json`` and ``report.html``.
+
+``eval_hf.py`` runs it on a split (or on saved predictions), and training runs it on the validation split with
+the exported model, so both write the same files with the same schema.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..generation import GenerationArguments, generate_captions_detailed, input_device
+from .records import ClipRecord
+from .report import frames_to_data_uris, write_report
+from .scoring import ScoringArguments, evaluate_records, token_length_stats
+
+logger = logging.getLogger(__name__)
+
+METRICS_SCHEMA_VERSION = 2
+OUTPUT_FILES = ("predictions.jsonl", "metrics.json", "report.html")
+# A processor loaded with trust_remote_code raises the VideoReadError of its own copy of video_io, a different class
+# from processing.video_io's; both derive from RuntimeError, so that is what decoding through a processor catches.
+PROCESSOR_READ_ERRORS: tuple[type[Exception], ...] = (RuntimeError, OSError)
+
+
+def caption_records(
+    records: Sequence[ClipRecord],
+    model: torch.nn.Module,
+    processor: Any,
+    generation: GenerationArguments,
+    *,
+    frame_height: int = 60,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decode, thumbnail and caption every record in place; returns the generation settings and timing.
+
+    A clip that cannot be decoded gets ``record.error`` and no prediction; the others are captioned in batches of
+    ``generation.batch_size`` with the model's generation config and ``generation``'s overrides.
+    """
+    from tqdm.auto import tqdm
+
+    kwargs = generation.generate_kwargs()
+    started = time.perf_counter()
+    generated_clips = 0
+    with tqdm(total=len(records), desc="kvcap: captioning", unit="clip", disable=not progress) as bar:
+        for start in range(0, len(records), generation.batch_size):
+            batch = records[start : start + generation.batch_size]
+            frames, ready = [], []
+            for record in batch:
+                try:
+                    # Exactly what the processor does with a path: the same pixels as `--video` and training.
+                    clip = processor.load_frames(record.video_path)
+                except PROCESSOR_READ_ERRORS as error:
+                    record.error = str(error)
+                    continue
+                record.thumbnails = frames_to_data_uris(clip, height=frame_height)
+                frames.append(clip)
+                ready.append(record)
+            if ready:
+                results = generate_captions_detailed(
+                    model, processor, frames, len(frames), prompt=generation.prompt, **kwargs
+                )
+                for record, result in zip(ready, results, strict=True):
+                    record.prediction = result.caption
+                    record.num_tokens = result.num_tokens
+                    record.finished = result.finished
+                generated_clips += len(ready)
+            bar.update(len(batch))
+    seconds = time.perf_counter() - started
+    policy = {**model.generation_config.to_dict(), **kwargs}
+    settings = {
+        **{
+            key: policy.get(key)
+            for key in ("do_sample", "num_beams", "max_new_tokens", "repetition_penalty", "suppress_tokens")
+        },
+        "repetition_penalty_applies_to": "generated tokens only (the model's generate)",
+        "batch_size": generation.batch_size,
+        "prompt": generation.prompt if generation.prompt is not None else processor.prompt,
+        "device": str(input_device(model)),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "seconds": round(seconds, 3),
+        "captions_per_second": round(generated_clips / seconds, 4) if seconds > 0 else None,
+    }
+    max_new_tokens = settings["max_new_tokens"]
+    if max_new_tokens is not None and records:
+        references = [r.reference for r in records]
+        settings["reference_tokens"] = token_length_stats(references, processor.tokenizer, max_new_tokens)
+        covered = settings["reference_tokens"]["fraction_within_max_new_tokens"]
+        if covered < 0.95:
+            logger.warning(
+                f"only {100 * covered:.1f}% of the reference captions fit in max_new_tokens={max_new_tokens} "
+                "tokens of this model's tokenizer; longer captions will be cut"
+            )
+    return settings
+
+
+def add_report_thumbnails(records: Sequence[ClipRecord], height: int, num_frames: int = 8) -> None:
+    """Thumbnails for records that have none yet (scoring saved predictions); unreadable videos get an error."""
+    from processing.video_io import VideoReadError, read_video_frames
+
+    for record in records:
+        if record.thumbnails or record.error is not None:
+            continue
+        if not record.video_path:
+            record.error = "no video_path"
+            continue
+        try:
+            record.thumbnails = frames_to_data_uris(read_video_frames(record.video_path, num_frames=num_frames), height)
+        except (VideoReadError, OSError) as error:
+            record.error = str(error)
+
+
+def unreadable(records: Sequence[ClipRecord]) -> list[dict[str, Any]]:
+    """The clips that could not be read, with why."""
+    return [
+        {"video_id": r.video_id, "video_path": r.video_path, "error": r.error} for r in records if r.error is not None
+    ]
+
+
+def _report_row(record: ClipRecord) -> dict[str, Any]:
+    return {
+        "video_id": record.video_id,
+        "category": record.category,
+        "prediction": record.prediction,
+        "reference": record.reference,
+        "scores": record.scores,
+        "num_tokens": record.num_tokens,
+        "finished": record.finished,
+        "error": record.error,
+        "frames": record.thumbnails,
+    }
+
+
+def write_outputs(
+    output_dir: str | Path,
+    records: Sequence[ClipRecord],
+    metrics: dict[str, Any],
+    title: str,
+    frame_height: int = 60,
+) -> dict[str, Path]:
+    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.html``; returns their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: output_dir / name for name in OUTPUT_FILES}
+    with paths["predictions.jsonl"].open("w", encoding="utf-8") as handle:
+        for record in records:
+            if record.prediction is not None:
+                handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    paths["metrics.json"].write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    rows = [_report_row(r) for r in records if r.prediction is not None]
+    write_report(paths["report.html"], metrics, rows, title=title, frame_height=frame_height)
+    return paths
+
+
+def score_and_write(
+    records: list[ClipRecord],
+    output_dir: str | Path,
+    scoring: ScoringArguments,
+    *,
+    source: dict[str, Any],
+    generation: dict[str, Any] | None = None,
+    dataset_scan: dict[str, Any] | None = None,
+    title: str = "kvcap",
+    frame_height: int = 60,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Score captioned records and write the three outputs; returns ``(metrics, paths)``.
+
+    Raises ``ValueError`` when no record holds a prediction (every video was unreadable).
+    """
+    failed = unreadable(records)
+    if failed:
+        logger.warning(f"{len(failed)} unreadable videos (listed in metrics.json):")
+        for entry in failed:
+            logger.warning(f"  {entry['video_path']}: {entry['error']}")
+    if not any(r.prediction is not None for r in records):
+        raise ValueError("no clip could be captioned: every video was unreadable")
+    metrics: dict[str, Any] = {"schema_version": METRICS_SCHEMA_VERSION}
+    metrics.update(evaluate_records(records, scoring, device=device, progress=progress))
+    metrics["source"] = source
+    metrics["generation"] = generation
+    metrics["num_unreadable"] = len(failed)
+    metrics["unreadable_videos"] = failed
+    metrics["dataset_scan"] = dataset_scan
+    paths = write_outputs(output_dir, records, metrics, title, frame_height)
+    return metrics, paths
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    processor: Any,
+    records: list[ClipRecord],
+    output_dir: str | Path,
+    *,
+    generation: GenerationArguments | None = None,
+    scoring: ScoringArguments | None = None,
+    source: dict[str, Any] | None = None,
+    dataset_scan: dict[str, Any] | None = None,
+    title: str = "kvcap",
+    frame_height: int = 60,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Caption ``records`` with ``model`` and score and write them: the whole evaluation in one call."""
+    generation = generation or GenerationArguments()
+    settings = caption_records(records, model, processor, generation, frame_height=frame_height, progress=progress)
+    return score_and_write(
+        records,
+        output_dir,
+        scoring or ScoringArguments(),
+        source=source or {},
+        generation=settings,
+        dataset_scan=dataset_scan,
+        title=title,
+        frame_height=frame_height,
+        device=str(input_device(model)),
+        progress=progress,
+    )
+
+
+def headline(metrics: dict[str, Any]) -> list[str]:
+    """The lines a run prints about its evaluation: attributes against chance (when labelled), then the scores."""
+    overall = metrics["overall"]
+    lines = []
+    attributes = metrics.get("attributes")
+    if attributes:
+        parts = [
+            f"{key} {attributes[f'recall_{key}']:.0%} ({attributes[f'chance_{key}']:.0%})"
+            for key in ("colour", "shape", "object", "motion", "motion_by_colour", "time_of_day", "category")
+            if f"recall_{key}" in attributes
+        ]
+        lines.append(
+            "attributes named (chance in brackets): "
+            + ", ".join(parts)
+            + f"; objects of held-out colour x shape pairs {attributes['held_out_object_recall']:.0%}"
+            f" of {attributes['num_held_out_objects']}"
+        )
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    diversity = overall["diversity"]
+    parts = [
+        f"clips {overall['num_clips']}",
+        f"METEOR {fmt(overall['meteor'])} (shuffled-reference floor {fmt(overall['meteor_floor'])})",
+    ]
+    if "siglip_score" in overall:
+        parts.append(f"SigLIP {fmt(overall['siglip_score'])} (floor {fmt(overall.get('siglip_floor'))})")
+    parts.append(
+        f"unique captions {diversity['num_unique']}/{diversity['num_captions']} "
+        f"(ratio {diversity['unique_ratio']:.2f}) | distinct-2 {diversity['distinct_2']:.3f}"
+    )
+    lines.append(" | ".join(parts))
+    if diversity["collapsed"]:
+        lines.append(
+            f"WARNING: mode collapse: {diversity['num_unique']} unique captions for {diversity['num_captions']} clips"
+        )
+    return lines

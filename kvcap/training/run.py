@@ -1,0 +1,208 @@
+"""One training run, step by step: prepare the data, build the model and datasets, train, export, evaluate, push."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import get_peft_model
+from transformers import set_seed
+
+from modeling_kvcap import KVCapForConditionalGeneration, kvcap_4bit_config
+from processing.aihub import load_aihub
+from processing.processing_kvcap import KVCapProcessor
+
+from ..evaluation import ScoringArguments, evaluate_model, headline, records_from_dataset
+from ..generation import GenerationArguments, generate_captions, resolve_dtype
+from .arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
+from .collator import KVCapDataCollator
+from .export import export_merged_model, push_folder
+from .model_card import write_model_card
+from .monitor import DiversityMonitorCallback
+from .trainer import KVCapTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def run_preparation(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """The preset's data-preparation step (`prepare: {module: NAME, ...}`), when it names one."""
+    if not data_args.prepare:
+        return
+    options = dict(data_args.prepare)
+    name = options.pop("module", None)
+    if not name:
+        raise ValueError(f"prepare needs a `module` naming the preparation step, got {data_args.prepare}.")
+    step = getattr(importlib.import_module(name), "prepare", None)
+    if not callable(step):
+        raise ValueError(f"prepare: module {name} has no prepare(model_args, data_args, **options) function.")
+    step(model_args, data_args, **options)
+
+
+def build_model(model_args: ModelArguments, training_args: KVCapTrainingArguments) -> Any:
+    """kvcap composed from the backbones, LoRA on the language model, the projector trained in full."""
+    dtype = resolve_dtype("auto")
+    quantization = kvcap_4bit_config(compute_dtype=dtype) if model_args.load_in_4bit else None
+    device_map = None
+    if quantization is not None and torch.cuda.is_available():
+        device_map = {"": training_args.local_process_index}  # one full replica per DDP process
+    model = KVCapForConditionalGeneration.from_pretrained_backbones(
+        model_args.vision_model_name_or_path,
+        model_args.text_model_name_or_path,
+        quantization_config=quantization,
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation=model_args.attn_implementation,
+        **model_args.model_settings(),
+    )
+    if training_args.generation_max_new_tokens is not None:
+        # Stored with the model: the monitor, the final evaluation and the exported folder all read it there.
+        model.generation_config.max_new_tokens = training_args.generation_max_new_tokens
+    if training_args.activation_checkpointing:
+        training_args.activation_checkpointing_kwargs = training_args.activation_checkpointing_kwargs or {
+            "use_reentrant": False
+        }
+    return get_peft_model(model, model_args.lora_config())
+
+
+def build_processor(model_args: ModelArguments, data_args: DataArguments, config: Any) -> KVCapProcessor:
+    return KVCapProcessor.from_pretrained_backbones(
+        model_args.vision_model_name_or_path,
+        model_args.text_model_name_or_path,
+        num_video_tokens=config.num_video_tokens,
+        num_frames=config.num_frames,
+        prompt=data_args.prompt,
+    )
+
+
+def load_split(data_args: DataArguments, split: str, limit: int | None) -> Any:
+    dataset = load_aihub(data_args.data_dir, split=split)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return dataset
+
+
+@dataclass
+class TrainingRun:
+    """Everything `prepare_run` builds: train with `run.trainer.train()`, then `finish_run(run)`."""
+
+    trainer: KVCapTrainer
+    processor: KVCapProcessor
+    eval_dataset: Any
+    model_args: ModelArguments
+    data_args: DataArguments
+    training_args: KVCapTrainingArguments
+    push_to_hub: bool
+
+
+def prepare_run(argv: list[str] | None = None) -> TrainingRun:
+    """Parse arguments, prepare the data, build the model, the processor, the (cached) datasets and the trainer."""
+    model_args, data_args, training_args = parse_arguments(argv)
+    set_seed(training_args.seed)
+    with training_args.main_process_first(desc="data preparation"):
+        run_preparation(model_args, data_args)
+
+    model = build_model(model_args, training_args)
+    processor = build_processor(model_args, data_args, model.get_base_model().config)
+    train_dataset = load_split(data_args, data_args.train_split, data_args.max_train_samples)
+    eval_dataset = load_split(data_args, data_args.eval_split, data_args.max_eval_samples)
+    if data_args.use_feature_cache:
+        from .feature_cache import cache_video_features
+
+        encoder = model.get_base_model()
+        train_dataset = cache_video_features(train_dataset, encoder, processor, cache_dir=data_args.feature_cache_dir)
+        eval_dataset = cache_video_features(eval_dataset, encoder, processor, cache_dir=data_args.feature_cache_dir)
+
+    def caption_fn(model: torch.nn.Module, videos: list) -> list[str]:
+        return generate_captions(model, processor, videos, batch_size=training_args.per_device_eval_batch_size)
+
+    monitor = DiversityMonitorCallback(
+        videos=list(eval_dataset["video_path"][: training_args.diversity_num_samples]),
+        caption_fn=caption_fn,
+        threshold=training_args.diversity_threshold,
+        stop_on_collapse=training_args.stop_on_collapse,
+    )
+    # The Trainer's own hub push would upload adapter checkpoints; the exported folder is pushed instead.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer = KVCapTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=KVCapDataCollator(processor, max_length=data_args.max_length),
+        processing_class=processor,
+        callbacks=[monitor],
+    )
+    monitor.trainer = trainer
+    args = training_args
+    logger.info(
+        f"kvcap training on {args.world_size} process(es): global batch {args.world_size} x "
+        f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps} (accumulation) = "
+        f"{args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} clips per step"
+    )
+    return TrainingRun(trainer, processor, eval_dataset, model_args, data_args, training_args, push_to_hub)
+
+
+def card_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The validation figures a model card shows, from an evaluation's ``metrics.json``."""
+    overall = metrics["overall"]
+    diversity = overall["diversity"]
+    found = {
+        "val_meteor": overall["meteor"],
+        "val_meteor_shuffled_floor": overall["meteor_floor"],
+        "val_unique_ratio": diversity["unique_ratio"],
+        "val_distinct_1": diversity["distinct_1"],
+        "val_distinct_2": diversity["distinct_2"],
+        "val_num_clips": overall["num_clips"],
+    }
+    found.update({f"val_{key}": value for key, value in (metrics.get("attributes") or {}).items()})
+    return found
+
+
+def final_evaluation(model: torch.nn.Module, processor: KVCapProcessor, run: TrainingRun) -> dict[str, Any]:
+    """`kvcap.evaluation` on the validation split with the exported model, written to `OUTPUT_DIR/eval/`."""
+    args = run.training_args
+    metrics, paths = evaluate_model(
+        model,
+        processor,
+        records_from_dataset(run.eval_dataset),
+        Path(args.output_dir) / "eval",
+        generation=GenerationArguments(batch_size=args.per_device_eval_batch_size),
+        scoring=ScoringArguments(),
+        source={
+            "model_name_or_path": str(Path(args.output_dir) / "final"),
+            "data_dir": run.data_args.data_dir,
+            "split": run.data_args.eval_split,
+        },
+        title=f"kvcap · {Path(args.output_dir).name} · {run.data_args.eval_split}",
+        progress=False,
+    )
+    for line in headline(metrics):
+        print(line)
+    logger.info(f"Final evaluation: {', '.join(map(str, paths.values()))}")
+    return metrics
+
+
+def finish_run(run: TrainingRun) -> dict[str, Any]:
+    """Export `OUTPUT_DIR/final` (merged), evaluate it, write its model card, push it if asked.
+
+    Returns the final evaluation's metrics (as in its `metrics.json`) on the main process, an empty dict elsewhere.
+    """
+    trainer, training_args = run.trainer, run.training_args
+    metrics: dict[str, Any] = {}
+    final_dir = Path(training_args.output_dir) / "final"
+    if trainer.is_world_process_zero():
+        merged = export_merged_model(trainer.model, final_dir, run.processor, dtype=resolve_dtype("auto"))
+        if training_args.final_eval:
+            metrics = final_evaluation(merged, run.processor, run)
+        card = card_metrics(metrics) if metrics else None
+        write_model_card(final_dir, merged.config, merged.generation_config, training_args, card)
+        logger.info(f"Final model: {final_dir}")
+        if run.push_to_hub:
+            url = push_folder(final_dir, training_args.hub_model_id, token=training_args.hub_token)
+            logger.info(f"Pushed to {url}")
+    trainer.accelerator.wait_for_everyone()
+    return metrics
