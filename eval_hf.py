@@ -44,7 +44,7 @@ from kvcap.evaluation import (
     load_split_records,
     score_and_write,
 )
-from kvcap.evaluation.run import PROCESSOR_READ_ERRORS, add_report_thumbnails
+from kvcap.evaluation.run import add_report_thumbnails
 from kvcap.generation import GenerationArguments, generate_captions, load_model_and_processor
 
 logger = logging.getLogger("kvcap.eval")
@@ -101,7 +101,7 @@ def caption_videos(args: EvalArguments, generation: GenerationArguments) -> int:
         try:
             frames.append(processor.load_frames(path))
             readable.append(path)
-        except PROCESSOR_READ_ERRORS as error:
+        except processor.VideoReadError as error:
             print(f"{path}\tERROR: {error}", file=sys.stderr)
             failed += 1
     if readable:

@@ -12,7 +12,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
-from .video_io import read_video_frames
+from .video_io import VideoReadError, read_video_frames
 
 logger = logging.get_logger(__name__)
 
@@ -62,6 +62,10 @@ class KVCapProcessor(ProcessorMixin):
         prompt (`str`, *optional*, defaults to `"이 영상을 자세히 설명해주세요."`):
             The instruction used when no text is given.
     """
+
+    # The error `load_frames` raises for an unreadable clip. A processor loaded with trust_remote_code reads video
+    # with its own copy of video_io, whose VideoReadError is another class: catch `processor.VideoReadError`.
+    VideoReadError = VideoReadError
 
     def __init__(
         self,

@@ -34,19 +34,24 @@ from kvcap.demo.tiny_backbones import (
 from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration
 from processing.processing_kvcap import KVCapProcessor
 
-PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Prepended to every clean-interpreter script: with `python -I` from an empty folder there is no PYTHONPATH and no
 # cwd on sys.path; this also removes the editable-install finder and proves the repo's packages cannot be imported.
 _CLEAN_PRELUDE = r"""
-import importlib.util, os, sys
-_repo = os.environ.pop("KVCAP_REPO_ROOT")
-sys.path[:] = [p for p in sys.path if p and not os.path.realpath(p).startswith(_repo)]
+import importlib.util, os, site, sys
+_repo = os.path.realpath(os.environ.pop("KVCAP_REPO_ROOT"))
+# The interpreter's own package folders stay, also when its virtual environment lives inside the clone (.venv/).
+_own = {os.path.realpath(p) for p in site.getsitepackages()}
+def _in_repo(path):
+    real = os.path.realpath(path)
+    # Whole path components: a venv at "<clone>-venv" shares the clone's prefix but is not inside it.
+    return real not in _own and os.path.commonpath([real, _repo]) == _repo
+sys.path[:] = [p for p in sys.path if p and not _in_repo(p)]
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "")]
 sys.path_importer_cache.clear()
-for _name in ("modeling_kvcap", "processing", "scripts", "tests", "metrics"):
+for _name in ("modeling_kvcap", "processing", "kvcap", "tests", "metrics"):
     assert importlib.util.find_spec(_name) is None, f"{_name} is importable: {importlib.util.find_spec(_name)}"
 """
 
@@ -78,7 +83,7 @@ def tiny_kvcap_config(tokenizer, projector_type: str = "mlp_2l", **overrides) ->
     return KVCapConfig(**fields)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_tiny_model(tiny_backbones: dict[str, Path]) -> Callable[..., KVCapForConditionalGeneration]:
     """Compose a kvcap model from the tiny checkpoints through the real loading path; deterministic per seed."""
 

@@ -3,10 +3,10 @@
 import pytest
 from transformers import AutoConfig, CLIPVisionConfig, Qwen3Config
 
-from modeling_kvcap import KVCapConfig
+from modeling_kvcap import PROJECTOR_TYPES, KVCapConfig
 from modeling_kvcap.configuration_kvcap import QWEN3_VIDEO_PAD_TOKEN_ID
 
-from .conftest import PROJECTOR_TYPES, tiny_kvcap_config
+from .conftest import tiny_kvcap_config
 
 
 def test_default_config_describes_the_real_system_without_downloading():

@@ -16,28 +16,13 @@ import torch
 
 import eval_hf
 from kvcap.demo.corpus import generate_corpus
-from kvcap.demo.tiny_backbones import TINY_NUM_QUERY_TOKENS
 from kvcap.evaluation.report import render_report
-from modeling_kvcap import KVCapForConditionalGeneration
 
 from .conftest import REPO_ROOT, tiny_processor
 
 NUM_VAL = 6
 BROKEN_ID = "kvcap_demo_val_broken"
 GENERATION_ARGS = ["--max_new_tokens", "12", "--no_progress"]
-
-
-def _tiny_model(tiny_backbones: dict[str, Path], projector_type: str) -> KVCapForConditionalGeneration:
-    torch.manual_seed(0)
-    return KVCapForConditionalGeneration.from_pretrained_backbones(
-        tiny_backbones["clip-vision"],
-        tiny_backbones["qwen3"],
-        projector_type=projector_type,
-        num_query_tokens=TINY_NUM_QUERY_TOKENS,
-        perceiver_depth=2,
-        perceiver_num_heads=2,
-        abstractor_depth=1,
-    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +38,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_backbones: dict[str, Path], tiny_tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(make_tiny_model, tiny_tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model and its processor saved into one folder: a complete checkpoint."""
     folder = tmp_path_factory.mktemp("checkpoint")
-    model = _tiny_model(tiny_backbones, "mlp_2l")
+    model = make_tiny_model("mlp_2l").eval()
     model.save_pretrained(folder)
     tiny_processor(tiny_tokenizer, model.config).save_pretrained(folder)
     return folder
@@ -236,51 +221,47 @@ def test_caption_command_names_bad_videos(checkpoint: Path, corpus: Path, capsys
     assert absent_model in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("projector_type", ["mlp_2l", "perceiver"])
-def test_generate_captions_batched_equals_one_at_a_time(
-    tiny_backbones: dict[str, Path], tiny_tokenizer, corpus: Path, projector_type: str
+def _bias_logits(model: torch.nn.Module, favoured: dict[int, float]) -> None:
+    """Make `lm_head` give every token -1 but ``favoured`` ones their value, whatever the input."""
+
+    def fixed_logits(module, inputs, output):
+        logits = torch.full_like(output, -1.0)
+        for token, value in favoured.items():
+            logits[..., token] = value
+        return logits
+
+    model.lm_head.register_forward_hook(fixed_logits)
+
+
+def test_the_folders_generation_config_captions_to_the_end_as_eval_hf_writes(
+    checkpoint: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = _tiny_model(tiny_backbones, projector_type)
-    processor = tiny_processor(tiny_tokenizer, model.config)
-    clips = [processor.load_frames(corpus / "val" / "videos" / f"kvcap_demo_val_0000{i}.mp4") for i in range(4)]
-    # Prompts of different lengths, so the batch is left padded.
-    prompts = ["설명해주세요.", None, "이 영상을 아주 자세히, 빠짐없이 설명해주세요.", None]
-    model.train()
-    batched = eval_hf.generate_captions(model, processor, clips, batch_size=4, prompt=prompts, max_new_tokens=10)
-    assert model.training, "the caller's train mode is restored"
-    alone = [
-        eval_hf.generate_captions(model, processor, [clip], batch_size=1, prompt=[prompt], max_new_tokens=10)[0]
-        for clip, prompt in zip(clips, prompts, strict=True)
-    ]
-    assert batched == alone
-    assert len(set(batched)) > 1, "different clips and prompts give different captions"
+    from transformers import GenerationMixin
 
-    # Cached encoder features (as the training loop has them) caption the same as frames.
-    pixel_values = processor(videos=clips)["pixel_values_videos"]
-    with torch.no_grad():
-        features = model.model.get_vision_tower_features(pixel_values)
-    from_features = eval_hf.generate_captions(
-        model, processor, video_features=features, batch_size=3, prompt=prompts, max_new_tokens=10
-    )
-    assert from_features == batched
+    model, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu")
+    assert (model.generation_config.do_sample, model.generation_config.max_new_tokens) == (False, 768)
+    word = processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.tokenize("하늘")[0])
+    end = processor.end_of_turn_id
+    # One word, then the end of the turn: the folder's penalty (1.2, generated tokens only) lowers the word once it
+    # has been said (10 / 1.2 < 9.5). Penalising the prompt too would lower <|im_end|> (it ends the user turn) first.
+    _bias_logits(model, {word: 10.0, end: 9.5})
+    monkeypatch.setattr(eval_hf, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(corpus), "--output_dir", str(tmp_path)]
+    assert eval_hf.main([*argv, "--no_progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == NUM_VAL
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert (metrics["generation"]["max_new_tokens"], metrics["generation"]["repetition_penalty"]) == (768, 1.2)
 
-
-def test_load_in_4bit_quantizes_the_language_model_only_and_reloads_quantized(
-    checkpoint: Path, corpus: Path, tmp_path: Path
-) -> None:
-    from bitsandbytes.nn import Linear4bit
-
-    videos = [str(corpus / "val" / "videos" / f"kvcap_demo_val_0000{i}.mp4") for i in (1, 2)]
-    model, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu", load_in_4bit=True)
-    quantized = {name for name, module in model.named_modules() if isinstance(module, Linear4bit)}
-    assert quantized and [name for name in quantized if ".language_model." not in f".{name}"] == []
-    assert not isinstance(model.lm_head, Linear4bit)
-    captions = eval_hf.generate_captions(model, processor, videos, max_new_tokens=12)
-    assert len(captions) == 2 and all(isinstance(caption, str) for caption in captions)
-
-    # A folder saved quantized loads quantized without the flag (moving it with .to() would fail).
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    reloaded, reloaded_processor = eval_hf.load_model_and_processor(str(tmp_path), device="cpu")
-    assert {name for name, module in reloaded.named_modules() if isinstance(module, Linear4bit)} == quantized
-    assert eval_hf.generate_captions(reloaded, reloaded_processor, videos, max_new_tokens=12) == captions
+    for row in rows:
+        inputs = processor(videos=[row["video_path"]])
+        prompt_length = inputs["input_ids"].shape[1]
+        with torch.no_grad():
+            generated = model.generate(**inputs)  # nothing but the folder's own generation config
+        assert generated[0, prompt_length:].tolist() == [word, end]
+        assert processor.batch_decode(generated, prompt_length=prompt_length)[0] == row["prediction"]
+        assert row["finished"] is True and row["num_tokens"] == 2
+        # The stock penalty over the whole prompt never lets the caption end.
+        with torch.no_grad():
+            stock = GenerationMixin.generate(model, **inputs, max_new_tokens=6, repetition_penalty=1.2)
+        assert end not in stock[0, prompt_length:].tolist()

@@ -4,7 +4,9 @@ import json
 
 import torch
 
-from .conftest import PROJECTOR_TYPES, random_clips, run_in_clean_interpreter, video_prompt_batch
+from modeling_kvcap import PROJECTOR_TYPES
+
+from .conftest import random_clips, run_in_clean_interpreter, video_prompt_batch
 
 CLEAN_LOADER = r"""
 import json, os, sys

@@ -60,8 +60,10 @@ def violations(path: Path) -> list[str]:
             problems.append(f"{where}: an evaluate module imports nothing of the project")
         elif target_top in NEVER_IMPORTED and not (top == "tests" and target_top in ("tests", "train_hf", "eval_hf")):
             problems.append(f"{where}: nothing imports {target_top}")
-        elif target.startswith("kvcap.demo") and top in ("kvcap", "train_hf", "eval_hf") and (
-            relative.parts[:2] != ("kvcap", "demo")
+        elif (
+            target.startswith("kvcap.demo")
+            and top in ("kvcap", "train_hf", "eval_hf")
+            and (relative.parts[:2] != ("kvcap", "demo"))
         ):
             problems.append(f"{where}: the product does not import the demo")
     return problems

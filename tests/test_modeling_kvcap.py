@@ -16,9 +16,14 @@ from transformers import (
     RepetitionPenaltyLogitsProcessor,
 )
 
-from modeling_kvcap import DEFAULT_MAX_NEW_TOKENS, KVCapForConditionalGeneration, kvcap_generation_config
+from modeling_kvcap import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PROJECTOR_TYPES,
+    KVCapForConditionalGeneration,
+    kvcap_generation_config,
+)
 
-from .conftest import PROJECTOR_TYPES, random_clips, tiny_kvcap_config, video_prompt_batch
+from .conftest import random_clips, tiny_kvcap_config, video_prompt_batch
 
 CAPTIONS = ["맑은 낮, 빨간색 원이 왼쪽에서 오른쪽으로 이동합니다.", "밤의 시가지에 파란색 사각형이 멈춰 있습니다."]
 

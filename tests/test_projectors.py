@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_kvcap import KVCapConfig, build_projector
+from modeling_kvcap import PROJECTOR_TYPES, KVCapConfig, build_projector
 from modeling_kvcap import projectors as projectors_module
 
-from .conftest import PROJECTOR_TYPES, random_clips, tiny_kvcap_config, video_prompt_batch
+from .conftest import random_clips, tiny_kvcap_config, video_prompt_batch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from transformers import TrainerCallback
 
 import train_hf
 from kvcap.demo.corpus import generate_corpus
-from kvcap.training.arguments import parse_arguments
+from kvcap.training.arguments import ModelArguments, parse_arguments
 from kvcap.training.stages import LORA, PROJECTOR, stage_parameter_groups
+from modeling_kvcap import PROJECTOR_TYPES, KVCapConfig
+from modeling_kvcap.configuration_kvcap import MODEL_SETTINGS
 
 from .conftest import REPO_ROOT, run_in_clean_interpreter
 
@@ -218,7 +221,7 @@ def test_yaml_presets_parse_and_command_line_overrides_them():
     assert training_args.num_train_epochs == 3 + preset["stage2_epochs"]
     assert data_args.prepare == {"module": "kvcap.demo.prepare", **{k: preset["prepare"][k] for k in preset["prepare"]}}
     assert not model_args.load_in_4bit and isinstance(training_args.stage2_learning_rate, float)
-    for projector in ("linear", "mlp_2l", "perceiver", "c_abstractor"):
+    for projector in PROJECTOR_TYPES:
         model_args, data_args, training_args = parse_arguments(
             # bf16 is what the presets ask for on a GPU; this machine has none.
             [str(REPO_ROOT / "configs" / f"{projector}.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
@@ -388,3 +391,75 @@ def test_qlora_run_exports_lora_merged_into_unquantized_weights(tiny_backbones, 
     assert not any("quant" in key or "absmax" in key for key in merged), "no 4-bit state in the release"
     delta = (weight - original).abs().max()
     assert 1e-5 < delta < 0.5, f"LoRA update merged into the original weights (max change {delta})"
+
+
+def test_model_arguments_carry_every_model_setting_with_the_config_defaults():
+    defaults = {f.name: f.default for f in fields(ModelArguments)}
+    assert {name: defaults[name] for name in MODEL_SETTINGS} == KVCapConfig().settings()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"projector_type": "mlp_2l", "projector_hidden_act": "silu", "vision_feature_layer": -1},
+        {"projector_type": "perceiver", "num_query_tokens": 4, "perceiver_depth": 1, "perceiver_num_heads": 1},
+        {"projector_type": "c_abstractor", "num_query_tokens": 16, "abstractor_depth": 2},
+        {"projector_type": "linear", "num_frames": 4},
+    ],
+    ids=lambda settings: settings["projector_type"],
+)
+def test_every_model_setting_survives_train_export_and_reload(tiny_backbones, corpus, tmp_path, settings):
+    from transformers import AutoModel
+
+    from kvcap.training.export import trained_projector
+
+    argv = run_argv(tiny_backbones, corpus, tmp_path / "run", max_train_samples=4, max_eval_samples=2, **settings)
+    run = train_hf.prepare_run(argv)
+    run.trainer.train()
+    train_hf.finish_run(run)
+    trained = run.trainer.model.get_base_model().config
+    assert {name: getattr(trained, name) for name in settings} == settings
+
+    final = tmp_path / "run" / "final"
+    saved = json.loads((final / "config.json").read_text(encoding="utf-8"))
+    assert {name: saved[name] for name in MODEL_SETTINGS} == trained.settings()
+    reloaded = AutoModel.from_pretrained(final).eval()
+    assert reloaded.config.settings() == trained.settings()
+    # Same weights under the same activation and depths: the reloaded projector computes what training learnt.
+    torch.manual_seed(0)
+    features = torch.randn(2, trained.num_frames, trained.num_patches, trained.vision_config.hidden_size)
+    with torch.no_grad():
+        expected = trained_projector(run.trainer.model).eval()(features)
+        torch.testing.assert_close(reloaded.multi_modal_projector(features), expected)
+
+
+def test_the_preparation_step_comes_from_the_preset_or_the_command_line_and_runs_with_its_options(tmp_path):
+    from kvcap.training.run import run_preparation
+
+    demo = str(REPO_ROOT / "configs" / "demo.yaml")
+    override = json.dumps({"module": "kvcap.demo.prepare", "num_train_clips": 240, "num_val_clips": 60})
+    assert parse_arguments([demo, "--prepare", override])[1].prepare["num_train_clips"] == 240
+    with pytest.raises(ValueError, match="JSON object"):
+        parse_arguments([demo, "--prepare", "kvcap.demo.prepare"])
+
+    # A module of the caller's own, found on sys.path like any preparation step.
+    (tmp_path / "my_prepare.py").write_text(
+        "def prepare(model_args, data_args, marker):\n"
+        "    open(marker, 'w').write(data_args.data_dir + ' ' + model_args.projector_type)\n",
+        encoding="utf-8",
+    )
+    marker = tmp_path / "prepared.txt"
+    sys.path.insert(0, str(tmp_path))
+    try:
+        spec = json.dumps({"module": "my_prepare", "marker": str(marker)})
+        model_args, data_args, _ = parse_arguments(["--data_dir", "/data/aihub", "--prepare", spec])
+        run_preparation(model_args, data_args)
+        assert marker.read_text() == "/data/aihub mlp_2l"
+        with pytest.raises(TypeError, match="unexpected keyword argument 'num_clips'"):
+            data_args.prepare = {"module": "my_prepare", "marker": str(marker), "num_clips": 3}
+            run_preparation(model_args, data_args)
+        data_args.prepare = {"module": "json"}
+        with pytest.raises(ValueError, match="no prepare"):
+            run_preparation(model_args, data_args)
+    finally:
+        sys.path.remove(str(tmp_path))

@@ -24,9 +24,6 @@ logger = logging.getLogger(__name__)
 
 METRICS_SCHEMA_VERSION = 2
 OUTPUT_FILES = ("predictions.jsonl", "metrics.json", "report.html")
-# A processor loaded with trust_remote_code raises the VideoReadError of its own copy of video_io, a different class
-# from processing.video_io's; both derive from RuntimeError, so that is what decoding through a processor catches.
-PROCESSOR_READ_ERRORS: tuple[type[Exception], ...] = (RuntimeError, OSError)
 
 
 def caption_records(
@@ -56,7 +53,7 @@ def caption_records(
                 try:
                     # Exactly what the processor does with a path: the same pixels as `--video` and training.
                     clip = processor.load_frames(record.video_path)
-                except PROCESSOR_READ_ERRORS as error:
+                except processor.VideoReadError as error:
                     record.error = str(error)
                     continue
                 record.thumbnails = frames_to_data_uris(clip, height=frame_height)

@@ -9,16 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
+from metrics.siglip_score.siglip_score import DEFAULT_MODEL as DEFAULT_SIGLIP_MODEL
+
 from .records import ClipRecord
 
-DEFAULT_SIGLIP_MODEL = "google/siglip2-so400m-patch14-384"
 # The seed system's goals: METEOR > 0.40, SigLIP2 > 0.10, Diversity (unique-caption ratio) > 0.50.
 SEED_TARGETS: dict[str, dict[str, Any]] = {
     "meteor": {"target": 0.40, "metric": "overall.meteor"},
     "siglip_score": {"target": 0.10, "metric": "overall.siglip_score"},
     "diversity": {"target": 0.50, "metric": "overall.diversity.unique_ratio"},
 }
-COLLAPSE_THRESHOLD = 0.5
 # Frames SigLIP sees per clip: the seed scored its 8 sampled frames.
 SIGLIP_FRAMES_PER_CLIP = 8
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
 from modeling_kvcap.configuration_kvcap import (
     DEFAULT_TEXT_MODEL,
     DEFAULT_VISION_MODEL,
@@ -88,13 +90,23 @@ class DataArguments:
         default=True, metadata={"help": "Encode every clip once with the frozen vision tower and train on the cache."}
     )
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features live."})
-    prepare: dict | None = field(
+    prepare: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Preset only: a data-preparation step run before the data is loaded (main process first), as "
-            "`{module: NAME, OPTION: VALUE...}`; NAME's `prepare(model_args, data_args, **options)` is called."
+            "help": "A data-preparation step run before the data is loaded (main process first): a mapping "
+            "`{module: NAME, OPTION: VALUE...}` in a preset, or the same as JSON on the command line; NAME's "
+            "`prepare(model_args, data_args, **options)` is called."
         },
     )
+
+    def __post_init__(self):
+        if isinstance(self.prepare, str):
+            try:
+                self.prepare = json.loads(self.prepare)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--prepare must be a JSON object, got {self.prepare!r} ({error.msg}).") from error
+        if self.prepare is not None and not isinstance(self.prepare, dict):
+            raise ValueError(f"prepare must be a mapping with a `module`, got {self.prepare!r}.")
 
 
 @dataclass
@@ -107,7 +119,9 @@ class KVCapTrainingArguments(TrainingArguments):
     diversity_num_samples: int = field(
         default=32, metadata={"help": "Validation clips captioned at each evaluation to watch for mode collapse."}
     )
-    diversity_threshold: float = field(default=0.5, metadata={"help": "Unique-caption ratio below which to warn."})
+    diversity_threshold: float = field(
+        default=COLLAPSE_THRESHOLD, metadata={"help": "Unique-caption ratio below which to warn."}
+    )
     stop_on_collapse: bool = field(default=False, metadata={"help": "Stop training when diversity collapses."})
     generation_max_new_tokens: int | None = field(
         default=None,

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import TrainerCallback
 
+from metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD, diversity
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ class DiversityMonitorCallback(TrainerCallback):
         self,
         videos: Sequence,
         caption_fn: Callable[[torch.nn.Module, Sequence], list[str]],
-        threshold: float = 0.5,
+        threshold: float = COLLAPSE_THRESHOLD,
         stop_on_collapse: bool = False,
     ):
         self.videos = list(videos)
@@ -44,8 +46,6 @@ class DiversityMonitorCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not self.videos or model is None:
             return
-        from metrics.caption_diversity.caption_diversity import diversity
-
         captions = self.caption_fn(model, self.videos)  # greedy, in eval mode; the model's mode is restored
         scores = diversity(captions, collapse_threshold=self.threshold)
         found = {

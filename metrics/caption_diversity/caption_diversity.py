@@ -66,6 +66,8 @@ TOKENIZERS = ("morpheme", "whitespace")
 # Kiwi tags for punctuation and symbols: a full stop in every caption is not diversity.
 _PUNCTUATION_TAGS = frozenset({"SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "W_EMOJI"})
 BLEU_ORDER = 4
+# Below this unique-caption ratio the captions count as collapsed (the seed's runs: 6–11 distinct of 97).
+COLLAPSE_THRESHOLD = 0.5
 BLEU_EPSILON = 0.1  # nltk SmoothingFunction().method1
 
 
@@ -155,7 +157,7 @@ def self_bleu(token_lists: Sequence[Sequence[str]], order: int = BLEU_ORDER) -> 
 
 
 def diversity(
-    predictions: Sequence[str], tokenizer: str = "morpheme", collapse_threshold: float = 0.5
+    predictions: Sequence[str], tokenizer: str = "morpheme", collapse_threshold: float = COLLAPSE_THRESHOLD
 ) -> dict[str, Any]:
     """The metric without the ``evaluate`` wrapper; see the module's ``_KWARGS_DESCRIPTION``."""
     total = len(predictions)
@@ -192,6 +194,6 @@ class CaptionDiversity(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions: Sequence[str], tokenizer: str = "morpheme", collapse_threshold: float = 0.5
+        self, predictions: Sequence[str], tokenizer: str = "morpheme", collapse_threshold: float = COLLAPSE_THRESHOLD
     ) -> dict[str, Any]:
         return diversity(predictions, tokenizer=tokenizer, collapse_threshold=collapse_threshold)
