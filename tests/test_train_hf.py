@@ -314,6 +314,17 @@ def test_final_folder_loads_in_one_line_where_kvcap_is_not_installed(tiny_backbo
 
     model = AutoModel.from_pretrained(final).eval()
     processor = AutoProcessor.from_pretrained(final, trust_remote_code=True)
+    # The folder's generation_config.json is kvcap's policy with the run's length limit, and a plain generate with
+    # it writes exactly the captions of the final evaluation.
+    saved_policy = json.loads((final / "generation_config.json").read_text(encoding="utf-8"))
+    assert saved_policy["do_sample"] is False and saved_policy["repetition_penalty"] == 1.2
+    assert saved_policy["max_new_tokens"] == 8 and saved_policy["suppress_tokens"] == [model.config.video_token_id]
+    evaluated = [json.loads(line) for line in (output_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for row in evaluated[:2]:
+        plain_inputs = processor(videos=[row["video_path"]])
+        with torch.no_grad():
+            plain = model.generate(**plain_inputs)
+        assert processor.batch_decode(plain, prompt_length=plain_inputs["input_ids"].shape[1])[0] == row["prediction"]
     inputs = processor(videos=[str(video)])
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=12, do_sample=False)
