@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,9 @@ DEFAULT_MAX_NEW_TOKENS = 768
 DEFAULT_REPETITION_PENALTY = 1.2
 
 
-def kvcap_generation_config(config: KVCapConfig, base: GenerationConfig | None = None) -> GenerationConfig:
+def kvcap_generation_config(
+    config: KVCapConfig, base: GenerationConfig | None = None, special_token_ids: Sequence[int] = ()
+) -> GenerationConfig:
     """kvcap's decoding policy: greedy, `DEFAULT_MAX_NEW_TOKENS` new tokens, repetition penalty 1.2.
 
     Args:
@@ -44,8 +47,16 @@ def kvcap_generation_config(config: KVCapConfig, base: GenerationConfig | None =
         base: the language model's own generation config, read for `bos/eos/pad_token_id` only (Qwen3 ends on
             `<|im_end|>` and `<|endoftext|>`); without it they come from `config.text_config`. Its sampling
             settings (Qwen3-8B's temperature 0.6, top-p, top-k) are deliberately not carried over.
+        special_token_ids: the tokenizer's special tokens (`<|im_start|>`, `<|vision_start|>`, `<|image_pad|>`, ...):
+            suppressed as well, all but the ones that end a caption. A caption is plain text; a generated
+            structural token would open a turn or a vision span inside it.
     """
     special_tokens = base if base is not None else config.text_config
+    eos = getattr(special_tokens, "eos_token_id", None)
+    ends = {eos} if isinstance(eos, int) else set(eos or ())
+    suppressed = {int(token) for token in special_token_ids}
+    if config.video_token_id is not None:
+        suppressed.add(config.video_token_id)
     return GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -59,7 +70,7 @@ def kvcap_generation_config(config: KVCapConfig, base: GenerationConfig | None =
         eos_token_id=getattr(special_tokens, "eos_token_id", None),
         pad_token_id=getattr(special_tokens, "pad_token_id", None),
         # A generated placeholder would be taken for video input at the next step and fail the placeholder check.
-        suppress_tokens=[config.video_token_id] if config.video_token_id is not None else None,
+        suppress_tokens=sorted(suppressed - ends) or None,
     )
 
 
@@ -255,7 +266,12 @@ class KVCapModel(KVCapPreTrainedModel):
             video_embeds = video_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, video_embeds)
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask, video_embeds)
-        elif input_ids is not None and (num_placeholders := int((input_ids == self.config.video_token_id).sum())):
+        elif (
+            input_ids is not None
+            # The prompt only: at a decoding step a placeholder is a token the model generated, embedded like any.
+            and (cache is None or cache.get_seq_length() == 0)
+            and (num_placeholders := int((input_ids == self.config.video_token_id).sum()))
+        ):
             raise ValueError(
                 f"input_ids hold {num_placeholders} {VIDEO_TOKEN} placeholder tokens but neither "
                 "pixel_values_videos nor video_features was given."
@@ -494,8 +510,8 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
         causal_lm = AutoModelForCausalLM.from_pretrained(
             text_model_name_or_path, quantization_config=quantization_config, device_map=device_map, **load_kwargs
         )
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
         if video_token_id is None:
-            tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
             video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
             if video_token_id is None or video_token_id == tokenizer.unk_token_id:
                 raise ValueError(f"The tokenizer of {text_model_name_or_path} has no {VIDEO_TOKEN} token.")
@@ -520,7 +536,8 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
         model.model.language_model = causal_lm.model
         model.lm_head = causal_lm.lm_head
         # The language model's config is a chat policy (Qwen3-8B samples at temperature 0.6); keep its special tokens.
-        model.generation_config = kvcap_generation_config(config, causal_lm.generation_config)
+        special_token_ids = [index for index, token in tokenizer.added_tokens_decoder.items() if token.special]
+        model.generation_config = kvcap_generation_config(config, causal_lm.generation_config, special_token_ids)
         if getattr(causal_lm, "hf_quantizer", None) is not None:
             # Trainer and peft read these to treat the model as a quantized base for adapter training.
             model.hf_quantizer = causal_lm.hf_quantizer

@@ -265,3 +265,47 @@ def test_the_folders_generation_config_captions_to_the_end_as_eval_hf_writes(
         with torch.no_grad():
             stock = GenerationMixin.generate(model, **inputs, max_new_tokens=6, repetition_penalty=1.2)
         assert end not in stock[0, prompt_length:].tolist()
+
+
+def test_a_clip_that_fails_to_generate_is_recorded_and_the_others_are_captioned(
+    checkpoint: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from kvcap.evaluation import run as evaluation_run
+
+    _, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu")
+    failing = str(corpus / "val" / "videos" / "kvcap_demo_val_00002.mp4")
+    failing_frames = processor.load_frames(failing)
+    generate = evaluation_run.generate_captions_detailed
+
+    def fails_on_one_clip(model, processor, videos, *args, **kwargs):
+        if any(np.array_equal(clip, failing_frames) for clip in videos):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return generate(model, processor, videos, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation_run, "generate_captions_detailed", fails_on_one_clip)
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(corpus), "--output_dir", str(tmp_path)]
+    assert eval_hf.main([*argv, "--batch_size", "4", *GENERATION_ARGS]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(row["video_id"] for row in rows) == [f"kvcap_demo_val_0000{i}" for i in range(NUM_VAL) if i != 2]
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["num_generation_failed"] == 1 and metrics["num_unreadable"] == 2  # and the broken mp4
+    failed = {entry["video_path"]: entry["error"] for entry in metrics["unreadable_videos"]}
+    assert failed[failing] == "generation failed: RuntimeError: CUDA out of memory (simulated)"
+
+
+def test_eval_hf_captions_every_clip_of_a_model_drawn_to_its_video_placeholder(
+    checkpoint: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu")
+    _bias_logits(model, {model.config.video_token_id: 10.0})
+    monkeypatch.setattr(eval_hf, "load_model_and_processor", lambda *args, **kwargs: (model, processor))
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(corpus), "--output_dir", str(tmp_path)]
+    for batch_size in ("4", "1"):
+        assert eval_hf.main([*argv, "--batch_size", batch_size, *GENERATION_ARGS]) == 0
+        metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["overall"]["num_clips"] == NUM_VAL and metrics["num_generation_failed"] == 0
+        rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+        # Every logit but the placeholder's is -1: with it suppressed, ordinary tokens fill the caption to the limit.
+        assert all(row["num_tokens"] == 12 and not row["finished"] for row in rows)

@@ -259,12 +259,16 @@ def _tokens_outside(tokenizer, input_ids: torch.Tensor, count: int) -> list[int]
     return [token_id for token_id in range(len(tokenizer)) if token_id not in taken][:count]
 
 
-def _assert_kvcap_policy(generation_config: GenerationConfig, video_token_id: int) -> None:
+def _assert_kvcap_policy(
+    generation_config: GenerationConfig, video_token_id: int, special_token_ids: tuple[int, ...] = ()
+) -> None:
     assert generation_config.do_sample is False
     assert generation_config.num_beams == 1
     assert generation_config.max_new_tokens == DEFAULT_MAX_NEW_TOKENS == 768
     assert generation_config.repetition_penalty == 1.2
-    assert generation_config.suppress_tokens == [video_token_id]
+    eos = generation_config.eos_token_id
+    ends = {eos} if isinstance(eos, int) else set(eos)
+    assert generation_config.suppress_tokens == sorted(({video_token_id} | set(special_token_ids)) - ends)
     assert generation_config.temperature is None
     assert generation_config.top_p is None
     assert generation_config.top_k is None
@@ -309,7 +313,13 @@ def test_composed_model_gets_kvcaps_policy_not_the_language_models(tiny_backbone
     }
     (qwen3 / "generation_config.json").write_text(json.dumps(chat_policy))
     model = KVCapForConditionalGeneration.from_pretrained_backbones(tiny_backbones["clip-vision"], qwen3)
-    _assert_kvcap_policy(model.generation_config, model.config.video_token_id)
+    specials = tuple(index for index, token in tiny_tokenizer.added_tokens_decoder.items() if token.special)
+    _assert_kvcap_policy(model.generation_config, model.config.video_token_id, specials)
+    # Every structural token is suppressed (a turn or a vision span cannot open inside a caption), but not the ends.
+    suppressed = set(model.generation_config.suppress_tokens)
+    structural = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    assert set(tiny_tokenizer.convert_tokens_to_ids(structural)) <= suppressed
+    assert not {im_end, endoftext} & suppressed
     # The special tokens are the language model's own, both end tokens included.
     assert model.generation_config.eos_token_id == [im_end, endoftext]
     assert model.generation_config.pad_token_id == endoftext
@@ -329,16 +339,17 @@ def test_kvcap_generation_config_reads_special_tokens_from_the_text_config_witho
 
 
 def test_plain_generate_penalises_generated_tokens_only(make_tiny_model, tiny_tokenizer, monkeypatch):
-    """`<|im_start|>` is in the prompt; forced logits make it the top pick (10) over a token that is not (9).
+    """A word of the prompt; forced logits make it the top pick (10) over a token that is not in the prompt (9).
 
-    Penalising generated tokens only: `<|im_start|>` first, then the other one (10 / 1.2 < 9), then `<|im_start|>`
-    for good (8.33 > 9 / 1.2). A prompt-wide penalty hits `<|im_start|>` at once, so the other token comes first.
+    Penalising generated tokens only: the prompt's word first, then the other one (10 / 1.2 < 9), then the prompt's
+    word for good (8.33 > 9 / 1.2). A prompt-wide penalty hits the prompt's word at once, so the other comes first.
     """
     model = make_tiny_model("linear").eval()
     batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명해주세요.", "이 영상을 자세히 설명해주세요."])
     prompt_length = batch["input_ids"].shape[1]
     clips = random_clips(model.config, 2)
-    in_prompt = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    rows = [set(row.tolist()) - set(tiny_tokenizer.all_special_ids) for row in batch["input_ids"]]
+    in_prompt = min(rows[0] & rows[1])  # an ordinary token both prompts hold
     [not_in_prompt] = _tokens_outside(tiny_tokenizer, batch["input_ids"], 1)
     assert (batch["input_ids"] == in_prompt).any(dim=1).all()
     expected = torch.tensor([[in_prompt, not_in_prompt, in_prompt, in_prompt]] * 2)
@@ -460,8 +471,28 @@ def test_the_video_token_is_never_generated(make_tiny_model, tiny_tokenizer):
             new_tokens = generated[:, batch["input_ids"].shape[1] :]
             assert new_tokens.shape[0] == len(prompts) and new_tokens.shape[1] >= 1
             assert not (new_tokens == video_token_id).any()
-        # Without the suppression the forced placeholder is generated and fails the next step's placeholder check.
-        with torch.no_grad(), pytest.raises(ValueError, match=r"placeholder tokens but neither"):
-            model.generate(**batch, pixel_values_videos=clips, max_new_tokens=5, suppress_tokens=None)
+        # Without the suppression the forced placeholder is generated, and decoding goes on: the placeholder check
+        # reads the prompt, not the tokens the model wrote.
+        with torch.no_grad():
+            unsuppressed = model.generate(**batch, pixel_values_videos=clips, max_new_tokens=5, suppress_tokens=None)
+        assert (unsuppressed[:, batch["input_ids"].shape[1] :] == video_token_id).all()
+    finally:
+        hook.remove()
+
+
+def test_structural_tokens_are_never_generated_by_a_composed_model(make_tiny_model, tiny_tokenizer):
+    model = make_tiny_model("perceiver").eval()
+    structural = tiny_tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|vision_start|>", "<|image_pad|>"])
+    hook = _force_logits(model, {structural[0]: 10.0, structural[1]: 9.5, structural[2]: 9.0})
+    try:
+        for prompts in (["설명해주세요.", "이 영상을 자세히 설명해주세요."], ["설명해주세요."]):
+            batch = video_prompt_batch(tiny_tokenizer, model.config, prompts)
+            with torch.no_grad():
+                generated = model.generate(
+                    **batch, pixel_values_videos=random_clips(model.config, len(prompts)), max_new_tokens=4
+                )
+            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            assert new_tokens.shape == (len(prompts), 4)
+            assert not torch.isin(new_tokens, torch.tensor(structural)).any()
     finally:
         hook.remove()

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 import train_hf
 from kvcap.demo.corpus import generate_corpus
 from kvcap.training.arguments import ModelArguments, parse_arguments
+from kvcap.training.monitor import DiversityMonitorCallback
 from kvcap.training.stages import LORA, PROJECTOR, stage_parameter_groups
 from modeling_kvcap import PROJECTOR_TYPES, KVCapConfig
 from modeling_kvcap.configuration_kvcap import MODEL_SETTINGS
@@ -318,7 +319,8 @@ def test_final_folder_loads_in_one_line_where_kvcap_is_not_installed(tiny_backbo
     # it writes exactly the captions of the final evaluation.
     saved_policy = json.loads((final / "generation_config.json").read_text(encoding="utf-8"))
     assert saved_policy["do_sample"] is False and saved_policy["repetition_penalty"] == 1.2
-    assert saved_policy["max_new_tokens"] == 8 and saved_policy["suppress_tokens"] == [model.config.video_token_id]
+    assert saved_policy["max_new_tokens"] == 8 and model.config.video_token_id in saved_policy["suppress_tokens"]
+    assert processor.end_of_turn_id not in saved_policy["suppress_tokens"]
     evaluated = [json.loads(line) for line in (output_dir / "eval" / "predictions.jsonl").read_text().splitlines()]
     for row in evaluated[:2]:
         plain_inputs = processor(videos=[row["video_path"]])
@@ -474,3 +476,45 @@ def test_the_preparation_step_comes_from_the_preset_or_the_command_line_and_runs
             run_preparation(model_args, data_args)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_a_model_drawn_to_its_video_placeholder_still_captions_in_the_monitor_and_the_final_evaluation(
+    tiny_backbones, corpus, tmp_path, monkeypatch
+):
+    from kvcap.training import run as training_run
+
+    def towards_the_placeholder(module, inputs, output):
+        if module.training:
+            return output  # training itself sees the real head
+        biased = output.clone()
+        biased[..., video_token_id] = output.amax() + 10.0
+        return biased
+
+    export = training_run.export_merged_model
+
+    def export_then_bias(*args, **kwargs):
+        merged = export(*args, **kwargs)
+        merged.lm_head.register_forward_hook(towards_the_placeholder)
+        return merged
+
+    monkeypatch.setattr(training_run, "export_merged_model", export_then_bias)
+    argv = run_argv(tiny_backbones, corpus, tmp_path / "run", eval_strategy="epoch", final_eval=True)
+    run = train_hf.prepare_run(argv)
+    video_token_id = run.processor.video_token_id
+    run.trainer.model.get_base_model().lm_head.register_forward_hook(towards_the_placeholder)
+    run.trainer.train()
+    metrics = train_hf.finish_run(run)
+
+    monitor = next(c for c in run.trainer.callback_handler.callbacks if isinstance(c, DiversityMonitorCallback))
+    assert len(monitor.history) == 2 and all(len(entry["captions"]) == 2 for entry in monitor.history)
+    assert metrics["overall"]["num_clips"] == 4 and metrics["num_generation_failed"] == 0
+
+    # The bias is real: without the policy's suppression the trained model writes nothing but placeholders.
+    trained = run.trainer.model.eval()
+    inputs = run.processor(videos=[str(sorted((corpus / "val" / "videos").glob("*.mp4"))[0])])
+    prompt_length = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        unsuppressed = trained.generate(**inputs, max_new_tokens=3, suppress_tokens=None)
+        kvcap = trained.generate(**inputs, max_new_tokens=3)
+    assert (unsuppressed[0, prompt_length:] == video_token_id).all()
+    assert not (kvcap[0, prompt_length:] == video_token_id).any()

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_SCHEMA_VERSION = 2
 OUTPUT_FILES = ("predictions.jsonl", "metrics.json", "report.html")
+# How a record's error begins when its clip was read but could not be captioned.
+GENERATION_FAILED = "generation failed"
 
 
 def caption_records(
@@ -38,7 +40,8 @@ def caption_records(
     """Decode, thumbnail and caption every record in place; returns the generation settings and timing.
 
     A clip that cannot be decoded gets ``record.error`` and no prediction; the others are captioned in batches of
-    ``generation.batch_size`` with the model's generation config and ``generation``'s overrides.
+    ``generation.batch_size`` with the model's generation config and ``generation``'s overrides. When a batch fails
+    to generate, its clips are captioned one at a time, and a clip that fails alone gets ``record.error`` too.
     """
     from tqdm.auto import tqdm
 
@@ -60,14 +63,7 @@ def caption_records(
                 frames.append(clip)
                 ready.append(record)
             if ready:
-                results = generate_captions_detailed(
-                    model, processor, frames, len(frames), prompt=generation.prompt, **kwargs
-                )
-                for record, result in zip(ready, results, strict=True):
-                    record.prediction = result.caption
-                    record.num_tokens = result.num_tokens
-                    record.finished = result.finished
-                generated_clips += len(ready)
+                generated_clips += _caption_batch(ready, frames, model, processor, generation.prompt, kwargs)
             bar.update(len(batch))
     seconds = time.perf_counter() - started
     policy = {**model.generation_config.to_dict(), **kwargs}
@@ -95,6 +91,34 @@ def caption_records(
                 "tokens of this model's tokenizer; longer captions will be cut"
             )
     return settings
+
+
+def _caption_batch(
+    records: Sequence[ClipRecord],
+    frames: Sequence[Any],
+    model: torch.nn.Module,
+    processor: Any,
+    prompt: str | None,
+    kwargs: dict[str, Any],
+) -> int:
+    """Caption ``records`` (their decoded ``frames``) in one batch, or one at a time if the batch fails; returns
+    how many were captioned."""
+    try:
+        results = generate_captions_detailed(model, processor, frames, len(frames), prompt=prompt, **kwargs)
+    except Exception as error:  # one clip that cannot be captioned must not lose the others
+        if len(records) > 1:
+            return sum(
+                _caption_batch([record], [clip], model, processor, prompt, kwargs)
+                for record, clip in zip(records, frames, strict=True)
+            )
+        records[0].error = f"{GENERATION_FAILED}: {type(error).__name__}: {error}"
+        logger.warning(f"{records[0].video_path}: {records[0].error}")
+        return 0
+    for record, result in zip(records, results, strict=True):
+        record.prediction = result.caption
+        record.num_tokens = result.num_tokens
+        record.finished = result.finished
+    return len(records)
 
 
 def add_report_thumbnails(records: Sequence[ClipRecord], height: int, num_frames: int = 8) -> None:
@@ -174,16 +198,17 @@ def score_and_write(
     """
     failed = unreadable(records)
     if failed:
-        logger.warning(f"{len(failed)} unreadable videos (listed in metrics.json):")
+        logger.warning(f"{len(failed)} clips without a caption, unreadable or failed to generate (in metrics.json):")
         for entry in failed:
             logger.warning(f"  {entry['video_path']}: {entry['error']}")
     if not any(r.prediction is not None for r in records):
-        raise ValueError("no clip could be captioned: every video was unreadable")
+        raise ValueError("no clip could be captioned: every video was unreadable or failed to generate")
     metrics: dict[str, Any] = {"schema_version": METRICS_SCHEMA_VERSION}
     metrics.update(evaluate_records(records, scoring, device=device, progress=progress))
     metrics["source"] = source
     metrics["generation"] = generation
     metrics["num_unreadable"] = len(failed)
+    metrics["num_generation_failed"] = sum(entry["error"].startswith(GENERATION_FAILED) for entry in failed)
     metrics["unreadable_videos"] = failed
     metrics["dataset_scan"] = dataset_scan
     paths = write_outputs(output_dir, records, metrics, title, frame_height)

@@ -46,7 +46,14 @@ class DiversityMonitorCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not self.videos or model is None:
             return
-        captions = self.caption_fn(model, self.videos)  # greedy, in eval mode; the model's mode is restored
+        try:
+            captions = self.caption_fn(model, self.videos)  # greedy, in eval mode; the model's mode is restored
+        except Exception as error:  # a failed diversity check must not end hours of training
+            logger.warning(f"Diversity check skipped at step {state.global_step}: captioning failed ({error!r})")
+            if metrics is not None:
+                # NaN rather than absent: metric_for_best_model must find its key, and NaN never counts as best.
+                metrics.update(dict.fromkeys(("eval_unique_ratio", "eval_distinct_1", "eval_distinct_2"), float("nan")))
+            return
         scores = diversity(captions, collapse_threshold=self.threshold)
         found = {
             "eval_unique_ratio": scores["unique_ratio"],
