@@ -1,4 +1,4 @@
-"""The final, self-contained model folder: LoRA merged into unquantized weights, processor, code and model card.
+"""The final, self-contained model folder: LoRA merged into unquantized weights, with the processor and the code.
 
 Why merged: the folder then loads with one line, `AutoModel.from_pretrained(dir, trust_remote_code=True)`,
 with no base checkpoint to fetch and no PEFT at inference; users who want 4-bit pass `kvcap_4bit_config()` as
