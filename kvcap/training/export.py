@@ -74,8 +74,53 @@ def export_merged_model(
     return merged
 
 
-def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload the exported folder as a model repository; returns its URL."""
+class HubPushError(RuntimeError):
+    """The exported folder could not be pushed as asked; raised before training whenever that can be known."""
+
+
+def check_hub_push(repo_id: str, token: str | None = None, private: bool | None = None) -> None:
+    """Fail now, not after hours of training, when the final folder could not be pushed to ``repo_id`` as asked.
+
+    Checks that the Hub is reachable (not offline), that the token works and may write to the repository's
+    namespace, and that an existing repository is private when ``private`` asks for it.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    where = f"--push_to_hub to {repo_id}"
+    if constants.HF_HUB_OFFLINE:
+        raise HubPushError(f"{where}: the Hub is switched off (HF_HUB_OFFLINE=1); unset it or drop --push_to_hub.")
+    api = HfApi(token=token)
+    try:
+        identity = api.whoami()
+    except Exception as error:  # no token, an expired one, or no network: all mean the push would fail
+        raise HubPushError(
+            f"{where}: the Hub does not accept the token ({error}); log in with `hf auth login` or pass --hub_token."
+        ) from error
+    role = identity.get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise HubPushError(f"{where}: the token of {identity['name']} is read-only; use a token with write access.")
+    namespace = repo_id.split("/")[0] if "/" in repo_id else identity["name"]
+    writable = {identity["name"], *(org["name"] for org in identity.get("orgs", []))}
+    if namespace not in writable:
+        raise HubPushError(
+            f"{where}: {identity['name']} cannot create repositories under {namespace!r} "
+            f"(the token reaches {', '.join(sorted(writable))})."
+        )
+    try:
+        info = api.repo_info(repo_id, repo_type="model")
+    except RepositoryNotFoundError:
+        return  # created at push time, private as asked
+    if private and not info.private:
+        raise HubPushError(
+            f"{where}: the repository exists and is public, but --hub_private_repo asks for a private one; "
+            "make it private on the Hub or push elsewhere."
+        )
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, private: bool | None = None) -> str:
+    """Upload the exported folder as a model repository (created ``private`` when it does not exist); returns the
+    commit URL. ``private=None`` leaves the visibility to the Hub account's default."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

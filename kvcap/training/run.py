@@ -20,7 +20,7 @@ from ..evaluation import ScoringArguments, evaluate_model, headline, records_fro
 from ..generation import GenerationArguments, generate_captions, resolve_dtype
 from .arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
 from .collator import KVCapDataCollator
-from .export import export_merged_model, push_folder
+from .export import check_hub_push, export_merged_model, push_folder
 from .model_card import write_model_card
 from .monitor import DiversityMonitorCallback
 from .trainer import KVCapTrainer
@@ -101,6 +101,8 @@ class TrainingRun:
 def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     """Parse arguments, prepare the data, build the model, the processor, the (cached) datasets and the trainer."""
     model_args, data_args, training_args = parse_arguments(argv)
+    if training_args.push_to_hub and training_args.process_index == 0:
+        check_hub_push(training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
     set_seed(training_args.seed)
     with training_args.main_process_first(desc="data preparation"):
         run_preparation(model_args, data_args)
@@ -202,7 +204,12 @@ def finish_run(run: TrainingRun) -> dict[str, Any]:
         write_model_card(final_dir, merged.config, merged.generation_config, training_args, card)
         logger.info(f"Final model: {final_dir}")
         if run.push_to_hub:
-            url = push_folder(final_dir, training_args.hub_model_id, token=training_args.hub_token)
+            url = push_folder(
+                final_dir,
+                training_args.hub_model_id,
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+            )
             logger.info(f"Pushed to {url}")
     trainer.accelerator.wait_for_everyone()
     return metrics
