@@ -35,6 +35,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from kvcap.corpus import EmptySplitError
 from kvcap.evaluation import (
     EvaluationInputError,
     ScoringArguments,
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.video:
             return caption_videos(args, generation)
         return evaluate_command(args, generation, scoring)
-    except (UsageError, EvaluationInputError, FileNotFoundError) as error:
+    except (UsageError, EvaluationInputError, EmptySplitError, FileNotFoundError) as error:
         print(f"eval_hf.py: error: {error}", file=sys.stderr)
         return 2
 

@@ -309,3 +309,17 @@ def test_eval_hf_captions_every_clip_of_a_model_drawn_to_its_video_placeholder(
         rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
         # Every logit but the placeholder's is -1: with it suppressed, ordinary tokens fill the caption to the limit.
         assert all(row["num_tokens"] == 12 and not row["finished"] for row in rows)
+
+
+def test_captions_survive_a_scorer_that_cannot_load(checkpoint: Path, corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(corpus), "--output_dir", str(out)]
+    with pytest.raises(OSError, match="no/such"):
+        eval_hf.main([*argv, "--siglip_model_name_or_path", str(tmp_path / "no" / "such"), *GENERATION_ARGS])
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == NUM_VAL and all(row["prediction"] is not None and row["num_tokens"] for row in rows)
+    assert not (out / "metrics.json").exists()
+    # What the log advises: score the kept captions again, without generating.
+    rescored = tmp_path / "rescored"
+    assert eval_hf.main(["--predictions", str(out / "predictions.jsonl"), "--output_dir", str(rescored)]) == 0
+    assert json.loads((rescored / "metrics.json").read_text(encoding="utf-8"))["overall"]["num_clips"] == NUM_VAL

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..corpus import open_split
+
 
 class EvaluationInputError(ValueError):
     """The corpus, split or predictions file cannot be evaluated; the message names the file and the problem."""
@@ -84,15 +86,7 @@ def load_split_records(
     data_dir: str, split: str, max_samples: int | None = None
 ) -> tuple[list[ClipRecord], dict[str, Any]]:
     """Clips of one AI-Hub split as records, and what the corpus scan skipped (counts and paths)."""
-    from processing.aihub import load_aihub
-
-    if not Path(data_dir).is_dir():
-        raise FileNotFoundError(f"data folder not found: {data_dir}")
-    dataset, report = load_aihub(data_dir, split=split, decode_video=False, return_report=True)
-    split_report = next(iter(report.splits.values()))
-    if len(dataset) == 0:
-        where = ", ".join(split_report.split_dirs) or "no split folder"
-        raise EvaluationInputError(f"no usable clips for split {split!r} under {data_dir} ({where})")
+    dataset, split_report = open_split(data_dir, split, decode_video=False)
     scan = {
         "root": str(data_dir),
         "split": split_report.split,

@@ -158,6 +158,21 @@ def _report_row(record: ClipRecord) -> dict[str, Any]:
     }
 
 
+def write_predictions(output_dir: str | Path, records: Sequence[ClipRecord]) -> Path:
+    """``predictions.jsonl``: one line per captioned clip (with its scores once scored); returns its path."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / OUTPUT_FILES[0]
+    # Written whole to a side file, then renamed: a kill mid-write leaves the previous file intact.
+    partial = path.with_suffix(".jsonl.partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for record in records:
+            if record.prediction is not None:
+                handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    partial.replace(path)
+    return path
+
+
 def write_outputs(
     output_dir: str | Path,
     records: Sequence[ClipRecord],
@@ -167,12 +182,8 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write ``predictions.jsonl``, ``metrics.json`` and ``report.html``; returns their paths."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: output_dir / name for name in OUTPUT_FILES}
-    with paths["predictions.jsonl"].open("w", encoding="utf-8") as handle:
-        for record in records:
-            if record.prediction is not None:
-                handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    write_predictions(output_dir, records)
     paths["metrics.json"].write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     rows = [_report_row(r) for r in records if r.prediction is not None]
     write_report(paths["report.html"], metrics, rows, title=title, frame_height=frame_height)
@@ -194,6 +205,8 @@ def score_and_write(
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Score captioned records and write the three outputs; returns ``(metrics, paths)``.
 
+    The captions are written to ``predictions.jsonl`` before scoring starts, so a scorer that fails (a SigLIP model
+    that cannot be loaded, out of memory) loses no generation: score them again with ``eval_hf.py --predictions``.
     Raises ``ValueError`` when no record holds a prediction (every video was unreadable).
     """
     failed = unreadable(records)
@@ -203,8 +216,16 @@ def score_and_write(
             logger.warning(f"  {entry['video_path']}: {entry['error']}")
     if not any(r.prediction is not None for r in records):
         raise ValueError("no clip could be captioned: every video was unreadable or failed to generate")
+    predictions = write_predictions(output_dir, records)
     metrics: dict[str, Any] = {"schema_version": METRICS_SCHEMA_VERSION}
-    metrics.update(evaluate_records(records, scoring, device=device, progress=progress))
+    try:
+        metrics.update(evaluate_records(records, scoring, device=device, progress=progress))
+    except Exception:
+        logger.error(
+            f"Scoring failed; the captions are kept in {predictions}: score them again with "
+            f"`python eval_hf.py --predictions {predictions} --output_dir DIR`."
+        )
+        raise
     metrics["source"] = source
     metrics["generation"] = generation
     metrics["num_unreadable"] = len(failed)

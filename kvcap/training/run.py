@@ -13,9 +13,9 @@ from peft import get_peft_model
 from transformers import set_seed
 
 from modeling_kvcap import KVCapForConditionalGeneration, kvcap_4bit_config
-from processing.aihub import load_aihub
 from processing.processing_kvcap import KVCapProcessor
 
+from ..corpus import open_split
 from ..evaluation import ScoringArguments, evaluate_model, headline, records_from_dataset
 from ..generation import GenerationArguments, generate_captions, resolve_dtype
 from .arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
@@ -79,7 +79,7 @@ def build_processor(model_args: ModelArguments, data_args: DataArguments, config
 
 
 def load_split(data_args: DataArguments, split: str, limit: int | None) -> Any:
-    dataset = load_aihub(data_args.data_dir, split=split)
+    dataset, _ = open_split(data_args.data_dir, split)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return dataset
@@ -107,10 +107,11 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     with training_args.main_process_first(desc="data preparation"):
         run_preparation(model_args, data_args)
 
-    model = build_model(model_args, training_args)
-    processor = build_processor(model_args, data_args, model.get_base_model().config)
+    # Both splits are opened before the model loads: a missing folder or an empty split is said in seconds.
     train_dataset = load_split(data_args, data_args.train_split, data_args.max_train_samples)
     eval_dataset = load_split(data_args, data_args.eval_split, data_args.max_eval_samples)
+    model = build_model(model_args, training_args)
+    processor = build_processor(model_args, data_args, model.get_base_model().config)
     if data_args.use_feature_cache:
         from .feature_cache import cache_video_features
 
