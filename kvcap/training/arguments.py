@@ -90,6 +90,9 @@ class DataArguments:
         default=True, metadata={"help": "Encode every clip once with the frozen vision tower and train on the cache."}
     )
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features live."})
+    dataset_name: str = field(
+        default="대한민국 배경영상 상세묘사 (AI-Hub)", metadata={"help": "The corpus' name, for the model card."}
+    )
     prepare: dict | str | None = field(
         default=None,
         metadata={

@@ -202,7 +202,9 @@ def finish_run(run: TrainingRun) -> dict[str, Any]:
         if training_args.final_eval:
             metrics = final_evaluation(merged, run.processor, run)
         card = card_metrics(metrics) if metrics else None
-        write_model_card(final_dir, merged.config, merged.generation_config, training_args, card)
+        write_model_card(
+            final_dir, merged.config, merged.generation_config, training_args, card, run.data_args.dataset_name
+        )
         logger.info(f"Final model: {final_dir}")
         if run.push_to_hub:
             url = push_folder(
