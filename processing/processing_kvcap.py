@@ -19,6 +19,7 @@ logger = logging.get_logger(__name__)
 DEFAULT_PROMPT = "이 영상을 자세히 설명해주세요."
 VIDEO_TOKEN = "<|video_pad|>"
 END_OF_TURN = "<|im_end|>"
+START_OF_TURN = "<|im_start|>"
 
 # Qwen3's ChatML with a video part, and thinking switched off by the empty `<think>` block after the assistant
 # header, which is what Qwen3 emits for `enable_thinking=False`.
@@ -156,15 +157,55 @@ class KVCapProcessor(ProcessorMixin):
             return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
         return list(prompt)
 
-    def prompt_ids(self, prompt: str | Messages | None = None) -> list[int]:
-        """Chat-formatted prompt ids with the video placeholder expanded to `num_video_tokens`."""
-        text = self.tokenizer.apply_chat_template(
+    def render_prompt(self, prompt: str | Messages | None = None, add_generation_prompt: bool = True) -> str:
+        """The chat-formatted prompt text with one `<|video_pad|>`; a prompt already formatted is kept as it is."""
+        if isinstance(prompt, str) and START_OF_TURN in prompt:
+            # Already through a chat template (e.g. `apply_chat_template(conversation)`), as LLaVA-style code does.
+            return prompt
+        return self.tokenizer.apply_chat_template(
             self.build_messages(prompt),
             chat_template=self.chat_template,
             tokenize=False,
-            add_generation_prompt=True,
+            add_generation_prompt=add_generation_prompt,
             enable_thinking=False,
         )
+
+    def apply_chat_template(
+        self,
+        conversation: Messages | Sequence[Messages],
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
+        return_dict: bool = False,
+        **kwargs,
+    ) -> str | list[str] | BatchFeature | torch.Tensor:
+        """Chat messages → the prompt text, or with `tokenize=True` the model inputs.
+
+        A `{"type": "video", "path": ...}` part (or `"video"` / `"url"`) names the clip; with `tokenize=True` it is
+        read and `pixel_values_videos` `(B, num_frames, 3, S, S)` come back with `input_ids` and `attention_mask`
+        (`return_dict=True`, else `input_ids` alone). A list of conversations gives a batch.
+        """
+        conversations = [conversation] if conversation and isinstance(conversation[0], dict) else list(conversation)
+        template = chat_template or self.chat_template
+        texts = [
+            self.tokenizer.apply_chat_template(
+                messages,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                enable_thinking=False,
+            )
+            for messages in conversations
+        ]
+        if not tokenize:
+            return texts[0] if len(texts) == 1 and conversation and isinstance(conversation[0], dict) else texts
+        videos = [_video_of(messages) for messages in conversations]
+        inputs = self(text=texts, videos=videos if all(v is not None for v in videos) else None)
+        return inputs if return_dict else inputs["input_ids"]
+
+    def prompt_ids(self, prompt: str | Messages | None = None) -> list[int]:
+        """Chat-formatted prompt ids with the video placeholder expanded to `num_video_tokens`."""
+        text = self.render_prompt(prompt)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         placeholders = ids.count(self.video_token_id)
         if placeholders != 1:
@@ -179,8 +220,8 @@ class KVCapProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        videos: VideoInput | Sequence[VideoInput] | None = None,
         text: str | Messages | Sequence[str | Messages] | None = None,
+        videos: VideoInput | Sequence[VideoInput] | None = None,
         captions: str | Sequence[str] | None = None,
         return_tensors: str = "pt",
         padding_side: str | None = None,
@@ -189,8 +230,9 @@ class KVCapProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """
         Args:
+            text: the instruction for every clip, one per clip, or chat messages; defaults to `self.prompt`. A prompt
+                already chat-formatted (from `apply_chat_template`, holding one `<|video_pad|>`) is used as it is.
             videos: one video or a list; each a path, or `(num_frames, H, W, 3)` uint8 RGB frames.
-            text: the instruction for every clip, one per clip, or chat messages; defaults to `self.prompt`.
             captions: reference captions; when given, `labels` supervise only caption + end-of-turn tokens.
             padding_side: `"right"` for training (the default with captions), `"left"` for generation.
             max_length: longest sequence; captions are cut to fit (the prompt and video tokens never are).
@@ -251,13 +293,27 @@ class KVCapProcessor(ProcessorMixin):
     def decode(self, generated_ids, **kwargs) -> str:
         return self.batch_decode(generated_ids[None] if generated_ids.ndim == 1 else generated_ids, **kwargs)[0]
 
-    def post_process_video_text_to_text(self, generated_ids, prompt_length: int | None = None) -> list[str]:
+    def post_process_video_text_to_text(self, generated_ids, prompt_length: int | None = None, **kwargs) -> list[str]:
         """Alias of `batch_decode` under the name transformers' processors use."""
-        return self.batch_decode(generated_ids, prompt_length=prompt_length)
+        return self.batch_decode(generated_ids, prompt_length=prompt_length, **kwargs)
+
+    def post_process_image_text_to_text(self, generated_ids, prompt_length: int | None = None, **kwargs) -> list[str]:
+        """Alias of `batch_decode` under the name transformers' image-text-to-text processors use."""
+        return self.batch_decode(generated_ids, prompt_length=prompt_length, **kwargs)
 
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values_videos"]
+
+
+def _video_of(messages: Messages) -> Any:
+    """The clip a conversation's video part names (`path`, `video` or `url`), or None."""
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "video":
+                return part.get("path") or part.get("video") or part.get("url")
+    return None
 
 
 def _as_video_list(videos: VideoInput | Sequence[VideoInput] | None) -> list[VideoInput] | None:

@@ -8,7 +8,6 @@ import torch
 from transformers import CLIPImageProcessorPil
 
 from kvcap.demo.video_clips import make_clip
-from kvcap.training.collator import KVCapDataCollator
 from processing.processing_kvcap import DEFAULT_PROMPT, KVCapProcessor
 from processing.video_io import read_video_frames
 
@@ -139,16 +138,6 @@ def test_prompt_with_two_videos_is_an_error(processor):
         processor(text=[two_videos])
 
 
-def test_collator_uses_cached_features_when_present(processor):
-    features = torch.randn(8, 16, 64)
-    rows = [{"caption": caption, "video_features": features} for caption in CAPTIONS]
-    batch = KVCapDataCollator(processor)(rows)
-    assert batch["video_features"].shape == (2, 8, 16, 64)
-    assert "pixel_values_videos" not in batch and "labels" in batch
-    frames_rows = [{"caption": caption, "frames": np.zeros((8, 48, 48, 3), np.uint8)} for caption in CAPTIONS]
-    assert KVCapDataCollator(processor)(frames_rows)["pixel_values_videos"].shape == (2, 8, 3, 48, 48)
-
-
 def test_processor_to_model_end_to_end(make_tiny_model, tiny_tokenizer, clip_paths):
     model = make_tiny_model("c_abstractor").eval()
     processor = tiny_processor(tiny_tokenizer, model.config)
@@ -190,3 +179,46 @@ def test_auto_processor_round_trip_in_a_clean_interpreter(processor, clip_paths,
     assert set(loaded) == set(expected)
     for key, value in expected.items():
         torch.testing.assert_close(torch.tensor(loaded[key], dtype=value.dtype), value, rtol=0, atol=0)
+
+
+def test_a_prompt_from_apply_chat_template_is_used_as_it_is(processor, clip_paths):
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": DEFAULT_PROMPT}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert isinstance(prompt, str) and prompt.count("<|video_pad|>") == 1 and prompt.startswith("<|im_start|>user")
+    templated = processor(text=prompt, videos=[clip_paths[0]])
+    plain = processor(videos=[clip_paths[0]])
+    assert torch.equal(templated["input_ids"], plain["input_ids"])
+    torch.testing.assert_close(templated["pixel_values_videos"], plain["pixel_values_videos"])
+
+
+def test_apply_chat_template_tokenizes_a_conversation_that_names_its_video(processor, clip_paths):
+    conversations = [
+        [{"role": "user", "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "설명"}]}]
+        for path in clip_paths
+    ]
+    inputs = processor.apply_chat_template(conversations[0], tokenize=True, return_dict=True)
+    expected = processor(text="설명", videos=[clip_paths[0]])
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values_videos"}
+    assert torch.equal(inputs["input_ids"], expected["input_ids"])
+    torch.testing.assert_close(inputs["pixel_values_videos"], expected["pixel_values_videos"])
+    batch = processor.apply_chat_template(conversations, tokenize=True, return_dict=True)
+    assert batch["pixel_values_videos"].shape[0] == 2
+    assert torch.equal(processor.apply_chat_template(conversations[1], tokenize=True), batch["input_ids"][1:])
+
+
+def test_text_is_the_first_positional_argument(processor, clip_paths):
+    positional = processor("이 영상을 설명해주세요.", videos=[clip_paths[1]])
+    keyword = processor(text="이 영상을 설명해주세요.", videos=[clip_paths[1]])
+    assert torch.equal(positional["input_ids"], keyword["input_ids"])
+
+
+def test_the_usual_trimming_and_decoding_give_the_caption(processor, tiny_tokenizer):
+    inputs = processor(text=["설명"])
+    caption_ids = tiny_tokenizer(CAPTIONS[0], add_special_tokens=False)["input_ids"]
+    generated = torch.cat([inputs["input_ids"], torch.tensor([[*caption_ids, processor.end_of_turn_id]])], dim=1)
+    trimmed = generated[:, inputs["input_ids"].shape[1] :]
+    assert processor.batch_decode(trimmed, skip_special_tokens=True) == [CAPTIONS[0]]
+    assert processor.post_process_image_text_to_text(trimmed) == [CAPTIONS[0]]
+    assert processor.post_process_video_text_to_text(generated, prompt_length=inputs["input_ids"].shape[1]) == [
+        CAPTIONS[0]
+    ]
