@@ -13,15 +13,19 @@ from __future__ import annotations
 import logging
 import sys
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from kvcap.training.run import finish_run, prepare_run
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Prepare the data, train both stages, export `OUTPUT_DIR/final`, evaluate it; returns the final metrics."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    run = prepare_run(argv)
-    run.trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
-    return finish_run(run)
+    # Log lines go through tqdm, so they are not glued to its progress bars.
+    with logging_redirect_tqdm():
+        run = prepare_run(argv)
+        run.trainer.train(resume_from_checkpoint=run.training_args.resume_from_checkpoint)
+        return finish_run(run)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,7 @@ def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tiny_b
         assert completed.returncode == 0, completed.stderr[-4000:]
     ddp_log = completed.stderr + completed.stdout
     assert "kvcap training on 2 process(es): global batch 2 x 2 x 1 (accumulation) = 4 clips" in ddp_log
+    assert ddp_log.count("kvcap training on 2 process(es)") == 1, "kvcap's lines come from the main process only"
 
     single_weights = load_file(single_dir / "final" / "model.safetensors")
     ddp_weights = load_file(ddp_dir / "final" / "model.safetensors")
@@ -352,7 +353,7 @@ def test_diversity_monitor_logs_warns_and_can_stop_training(tiny_backbones, corp
         diversity_num_samples=3,
     )
     run = train_hf.prepare_run(argv)
-    with caplog.at_level("WARNING", logger="training.monitor"):
+    with caplog.at_level("WARNING", logger="kvcap.training.monitor"):
         run.trainer.train()
     assert run.trainer.state.global_step == 2, "training stopped at the first collapsed evaluation"
     logged = [entry for entry in run.trainer.state.log_history if "eval_unique_ratio" in entry]

@@ -46,10 +46,13 @@ class DiversityMonitorCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not self.videos or model is None:
             return
+        # Every rank captions (the metrics must agree for metric_for_best_model); the main one speaks.
+        speaks = state.is_world_process_zero
         try:
             captions = self.caption_fn(model, self.videos)  # greedy, in eval mode; the model's mode is restored
         except Exception as error:  # a failed diversity check must not end hours of training
-            logger.warning(f"Diversity check skipped at step {state.global_step}: captioning failed ({error!r})")
+            if speaks:
+                logger.warning(f"Diversity check skipped at step {state.global_step}: captioning failed ({error!r})")
             if metrics is not None:
                 # NaN rather than absent: metric_for_best_model must find its key, and NaN never counts as best.
                 metrics.update(dict.fromkeys(("eval_unique_ratio", "eval_distinct_1", "eval_distinct_2"), float("nan")))
@@ -68,12 +71,13 @@ class DiversityMonitorCallback(TrainerCallback):
         unique = scores["num_unique"]
         if scores["collapsed"]:
             most_common, count = Counter(captions).most_common(1)[0]
-            logger.warning(
-                f"Mode collapse: only {unique} distinct captions for {len(captions)} validation clips "
-                f"(unique ratio {scores['unique_ratio']:.2f} < {self.threshold}); {count} of them read "
-                f"{most_common[:80]!r}"
-            )
+            if speaks:
+                logger.warning(
+                    f"Mode collapse: only {unique} distinct captions for {len(captions)} validation clips "
+                    f"(unique ratio {scores['unique_ratio']:.2f} < {self.threshold}); {count} of them read "
+                    f"{most_common[:80]!r}"
+                )
             if self.stop_on_collapse:
                 control.should_training_stop = True
-        else:
+        elif speaks:
             logger.info(f"Caption diversity: {unique}/{len(captions)} distinct captions.")

@@ -28,6 +28,17 @@ from .trainer import KVCapTrainer
 logger = logging.getLogger(__name__)
 
 
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def kvcap_log_level(training_args: KVCapTrainingArguments) -> int:
+    """``--log_level`` on the main process (``passive``: INFO), ``--log_level_replica`` (default warning) elsewhere,
+    so a DDP run prints each of kvcap's lines once."""
+    if training_args.should_log:
+        return LOG_LEVELS.get(str(training_args.log_level), logging.INFO)
+    return LOG_LEVELS.get(str(training_args.log_level_replica), logging.WARNING)
+
+
 def run_preparation(model_args: ModelArguments, data_args: DataArguments) -> None:
     """The preset's data-preparation step (`prepare: {module: NAME, ...}`), when it names one."""
     if not data_args.prepare:
@@ -101,6 +112,7 @@ class TrainingRun:
 def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     """Parse arguments, prepare the data, build the model, the processor, the (cached) datasets and the trainer."""
     model_args, data_args, training_args = parse_arguments(argv)
+    logging.getLogger("kvcap").setLevel(kvcap_log_level(training_args))
     if training_args.push_to_hub and training_args.process_index == 0:
         check_hub_push(training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
     set_seed(training_args.seed)
