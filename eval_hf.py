@@ -45,7 +45,7 @@ from kvcap.evaluation import (
     load_split_records,
     score_and_write,
 )
-from kvcap.evaluation.run import add_report_thumbnails
+from kvcap.evaluation.run import add_report_thumbnails, video_read_error
 from kvcap.generation import GenerationArguments, generate_captions, load_model_and_processor
 
 logger = logging.getLogger("kvcap.eval")
@@ -98,11 +98,12 @@ def caption_videos(args: EvalArguments, generation: GenerationArguments) -> int:
         raise FileNotFoundError(f"video not found: {', '.join(missing)}")
     model, processor = load_model_and_processor(args.model_name_or_path, args.device, args.dtype, args.load_in_4bit)
     frames, readable, failed = [], [], 0
+    read_error = video_read_error(processor)
     for path in args.video:
         try:
             frames.append(processor.load_frames(path))
             readable.append(path)
-        except processor.VideoReadError as error:
+        except read_error as error:
             print(f"{path}\tERROR: {error}", file=sys.stderr)
             failed += 1
     if readable:

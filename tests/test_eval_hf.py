@@ -18,7 +18,7 @@ import eval_hf
 from kvcap.demo.corpus import generate_corpus
 from kvcap.evaluation.report import render_report
 
-from .conftest import REPO_ROOT, tiny_processor
+from .conftest import REPO_ROOT, tiny_kvcap_config, tiny_processor
 
 NUM_VAL = 6
 BROKEN_ID = "kvcap_demo_val_broken"
@@ -323,3 +323,17 @@ def test_captions_survive_a_scorer_that_cannot_load(checkpoint: Path, corpus: Pa
     rescored = tmp_path / "rescored"
     assert eval_hf.main(["--predictions", str(out / "predictions.jsonl"), "--output_dir", str(rescored)]) == 0
     assert json.loads((rescored / "metrics.json").read_text(encoding="utf-8"))["overall"]["num_clips"] == NUM_VAL
+
+
+def test_the_read_error_caught_is_the_processors_own(tiny_tokenizer) -> None:
+    from types import SimpleNamespace
+
+    from kvcap.evaluation.run import video_read_error
+    from processing.video_io import VideoReadError
+
+    processor = tiny_processor(tiny_tokenizer, tiny_kvcap_config(tiny_tokenizer))
+    assert video_read_error(processor) is VideoReadError
+    with pytest.raises(VideoReadError, match=r"no-such\.mp4"):
+        processor.load_frames("/no-such.mp4")
+    # A processor saved before it named its error class: its reader's errors are RuntimeErrors.
+    assert video_read_error(SimpleNamespace()) is RuntimeError

@@ -28,6 +28,15 @@ OUTPUT_FILES = ("predictions.jsonl", "metrics.json", "report.html")
 GENERATION_FAILED = "generation failed"
 
 
+def video_read_error(processor: Any) -> type[Exception]:
+    """The error the processor's `load_frames` raises for an unreadable clip.
+
+    A processor loaded with trust_remote_code reads video with its own copy of video_io, whose VideoReadError is
+    another class than `processing.video_io`'s; processors saved before they named it raise a RuntimeError.
+    """
+    return getattr(processor, "VideoReadError", RuntimeError)
+
+
 def caption_records(
     records: Sequence[ClipRecord],
     model: torch.nn.Module,
@@ -46,6 +55,7 @@ def caption_records(
     from tqdm.auto import tqdm
 
     kwargs = generation.generate_kwargs()
+    read_error = video_read_error(processor)
     started = time.perf_counter()
     generated_clips = 0
     with tqdm(total=len(records), desc="kvcap: captioning", unit="clip", disable=not progress) as bar:
@@ -56,7 +66,7 @@ def caption_records(
                 try:
                     # Exactly what the processor does with a path: the same pixels as `--video` and training.
                     clip = processor.load_frames(record.video_path)
-                except processor.VideoReadError as error:
+                except read_error as error:
                     record.error = str(error)
                     continue
                 record.thumbnails = frames_to_data_uris(clip, height=frame_height)
