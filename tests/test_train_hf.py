@@ -519,3 +519,26 @@ def test_a_model_drawn_to_its_video_placeholder_still_captions_in_the_monitor_an
         kvcap = trained.generate(**inputs, max_new_tokens=3)
     assert (unsuppressed[0, prompt_length:] == video_token_id).all()
     assert not (kvcap[0, prompt_length:] == video_token_id).any()
+
+
+def test_a_preparation_step_that_draws_random_numbers_does_not_change_the_run(tiny_backbones, corpus, tmp_path):
+    from kvcap.training.export import trained_projector
+
+    # As the demo's step does when it pretrains missing backbones, and does not when it finds them.
+    (tmp_path / "draws_random.py").write_text(
+        "import torch\n\ndef prepare(model_args, data_args, draws):\n    torch.rand(draws)\n", encoding="utf-8"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        projectors = []
+        for draws in (0, 1000):
+            spec = json.dumps({"module": "draws_random", "draws": draws})
+            run = train_hf.prepare_run(
+                [*run_argv(tiny_backbones, corpus, tmp_path / f"run-{draws}"), "--prepare", spec]
+            )
+            projectors.append(trained_projector(run.trainer.model).state_dict())
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert projectors[0].keys() == projectors[1].keys()
+    for name in projectors[0]:
+        assert torch.equal(projectors[0][name], projectors[1][name]), name

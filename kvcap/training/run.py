@@ -115,9 +115,10 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     logging.getLogger("kvcap").setLevel(kvcap_log_level(training_args))
     if training_args.push_to_hub and training_args.process_index == 0:
         check_hub_push(training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
-    set_seed(training_args.seed)
     with training_args.main_process_first(desc="data preparation"):
         run_preparation(model_args, data_args)
+    # Seeded after the preparation step: a run draws the same numbers whether it built its assets or found them.
+    set_seed(training_args.seed)
 
     # Both splits are opened before the model loads: a missing folder or an empty split is said in seconds.
     train_dataset = load_split(data_args, data_args.train_split, data_args.max_train_samples)
