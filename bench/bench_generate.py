@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:
 
 from transformers import Qwen3ForCausalLM  # noqa: E402
 
-from kvcap.demo.benchmarking import bench_config, build, machine_description, make_processor, write_result  # noqa: E402
+from kvcap.demo.benchmarking import bench_model, machine_description, make_processor, write_result  # noqa: E402
 from kvcap.demo.tiny_backbones import load_tokenizer  # noqa: E402
 from kvcap.generation import generate_captions  # noqa: E402
 from modeling_kvcap import PROJECTOR_TYPES, KVCapForConditionalGeneration  # noqa: E402
@@ -131,19 +131,10 @@ def timed(fn: Callable[..., list[str]], *args, device: str) -> tuple[float, list
 
 def run(args: argparse.Namespace) -> str:
     tokenizer = load_tokenizer()
-    dtype = torch.bfloat16 if args.real_shape else torch.float32
     rows = []
     for projector_type in args.projectors:
-        config = bench_config(
-            projector_type,
-            tokenizer,
-            real_shape=args.real_shape,
-            image_size=args.image_size,
-            num_query_tokens=args.num_query_tokens,
-            text_layers=args.text_layers,
-            vision_layers=args.vision_layers,
-        )
-        model = build(config, args.device, dtype, args.seed)
+        model = bench_model(projector_type, tokenizer, args)
+        config = model.config
         processor = make_processor(tokenizer, config)
         size = config.vision_config.image_size
         generator = torch.Generator().manual_seed(args.seed)

@@ -89,7 +89,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from kvcap.demo.benchmarking import bench_config, build, machine_description, make_processor, write_result  # noqa: E402
+from kvcap.demo.benchmarking import bench_model, machine_description, make_processor, write_result  # noqa: E402
 from kvcap.demo.corpus import generate_corpus  # noqa: E402
 from kvcap.demo.tiny_backbones import load_tokenizer  # noqa: E402
 from kvcap.training.arguments import ModelArguments  # noqa: E402
@@ -128,16 +128,7 @@ class Setup:
 
 def build_lora_model(projector_type: str, tokenizer, args: argparse.Namespace) -> Any:
     """Random kvcap at the chosen shape with ``kvcap.training.run.build_model``'s LoRA wrapping, set to stage 2."""
-    config = bench_config(
-        projector_type,
-        tokenizer,
-        real_shape=args.real_shape,
-        image_size=args.image_size,
-        num_query_tokens=args.num_query_tokens,
-        text_layers=args.text_layers,
-        vision_layers=args.vision_layers,
-    )
-    model = build(config, args.device, torch.bfloat16 if args.real_shape else torch.float32, args.seed)
+    model = bench_model(projector_type, tokenizer, args)
     # from_pretrained_backbones keeps the trainable projector in float32 whatever the backbones' dtype.
     model.model.multi_modal_projector.float()
     model = get_peft_model(model, ModelArguments().lora_config())  # the recipe train_hf.py uses

@@ -87,28 +87,23 @@ def real_shape_config(
     )
 
 
-def bench_config(
-    projector_type: str,
-    tokenizer: Any,
-    *,
-    real_shape: bool = False,
-    image_size: int = 96,
-    num_query_tokens: int = 64,
-    text_layers: int | None = None,
-    vision_layers: int | None = None,
-) -> KVCapConfig:
-    """:func:`real_shape_config` when ``real_shape``, else :func:`cpu_bench_config` (which alone reads
-    ``image_size`` and ``num_query_tokens``)."""
-    if real_shape:
-        return real_shape_config(projector_type, tokenizer, text_layers=text_layers, vision_layers=vision_layers)
-    return cpu_bench_config(
-        projector_type,
-        tokenizer,
-        image_size=image_size,
-        num_query_tokens=num_query_tokens,
-        text_layers=text_layers,
-        vision_layers=vision_layers,
-    )
+def bench_model(projector_type: str, tokenizer: Any, args: Any) -> KVCapForConditionalGeneration:
+    """The benchmarks' random kvcap from their shared flags (``real_shape``, ``image_size``, ``num_query_tokens``,
+    ``text_layers``, ``vision_layers``, ``device``, ``seed``): real widths in bf16, or the CPU shape in fp32."""
+    if args.real_shape:
+        config = real_shape_config(
+            projector_type, tokenizer, text_layers=args.text_layers, vision_layers=args.vision_layers
+        )
+    else:
+        config = cpu_bench_config(
+            projector_type,
+            tokenizer,
+            image_size=args.image_size,
+            num_query_tokens=args.num_query_tokens,
+            text_layers=args.text_layers,
+            vision_layers=args.vision_layers,
+        )
+    return build(config, args.device, torch.bfloat16 if args.real_shape else torch.float32, args.seed)
 
 
 def build(config: KVCapConfig, device: str, dtype: torch.dtype, seed: int) -> KVCapForConditionalGeneration:
@@ -158,7 +153,7 @@ def write_result(command: str, table: str, out: Path | None) -> None:
 
 
 __all__ = [
-    "bench_config",
+    "bench_model",
     "build",
     "cpu_bench_config",
     "machine_description",
