@@ -21,6 +21,8 @@ from modeling_kvcap.configuration_kvcap import (
 )
 from processing.processing_kvcap import DEFAULT_PROMPT
 
+AIHUB_CORPUS_NAME = "대한민국 배경영상 상세묘사 (AI-Hub)"
+
 
 @dataclass
 class ModelArguments:
@@ -90,9 +92,7 @@ class DataArguments:
         default=True, metadata={"help": "Encode every clip once with the frozen vision tower and train on the cache."}
     )
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features live."})
-    dataset_name: str = field(
-        default="대한민국 배경영상 상세묘사 (AI-Hub)", metadata={"help": "The corpus' name, for the model card."}
-    )
+    dataset_name: str = field(default=AIHUB_CORPUS_NAME, metadata={"help": "The corpus' name, for the model card."})
     prepare: dict | str | None = field(
         default=None,
         metadata={

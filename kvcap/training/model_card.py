@@ -10,6 +10,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling_kvcap import kvcap_4bit_config
 
+from .arguments import AIHUB_CORPUS_NAME
+
 LICENSE = "mit"
 TAGS = ["kvcap", "video-captioning", "korean", "qlora"]
 # (card metric key, model-index metric type, shown name)
@@ -91,7 +93,7 @@ def write_model_card(
     generation_config: Any,
     training_args: Any,
     metrics: dict[str, Any] | None = None,
-    dataset_name: str = "대한민국 배경영상 상세묘사 (AI-Hub)",
+    dataset_name: str = AIHUB_CORPUS_NAME,
 ) -> Path:
     """README.md with Hub metadata, usage, the training recipe, the evaluation metrics (when given) and limits."""
     output_dir = Path(output_dir)
