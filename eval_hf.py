@@ -36,6 +36,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from kvcap.corpus import EmptySplitError
+from kvcap.cpu_threads import apply_cpu_threads
 from kvcap.evaluation import (
     EvaluationInputError,
     ScoringArguments,
@@ -58,6 +59,8 @@ class UsageError(Exception):
 @dataclass
 class EvalArguments:
     """What to evaluate and where the results go (with :class:`GenerationArguments` and :class:`ScoringArguments`)."""
+
+    _argument_group_name = "what to evaluate or caption, and where results go"  # the heading of these options in --help
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "kvcap checkpoint folder or Hub id (loaded with trust_remote_code)."}
@@ -89,6 +92,14 @@ class EvalArguments:
     )
     report_frame_height: int = field(default=60, metadata={"help": "Height in pixels of report.html thumbnails."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars (on stderr)."})
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={"help": "Threads torch uses on CPU (default: torch's, one per physical core, or OMP_NUM_THREADS)."},
+    )
+
+    def __post_init__(self):
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"--cpu_threads must be at least 1, got {self.cpu_threads}.")
 
 
 def caption_videos(args: EvalArguments, generation: GenerationArguments) -> int:
@@ -129,7 +140,8 @@ def evaluate_command(args: EvalArguments, generation: GenerationArguments, scori
         settings, scan = None, None
         for record in records:
             if record.video_path and not Path(record.video_path).is_file():
-                record.error = f"video not found: {record.video_path}"
+                # The caption is still scored; only its frames and SigLIP score need the video.
+                record.video_error = f"video not found: {record.video_path}"
         add_report_thumbnails(records, args.report_frame_height)
     else:
         records, scan = load_split_records(args.data_dir, args.split, args.max_samples)
@@ -167,13 +179,17 @@ def evaluate_command(args: EvalArguments, generation: GenerationArguments, scori
     return 0
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalArguments, GenerationArguments, ScoringArguments]:
+def parse_args(
+    argv: Sequence[str] | None = None, captioning_only: bool = False
+) -> tuple[EvalArguments, GenerationArguments, ScoringArguments]:
     """Parse and check the command line; mistakes raise :class:`UsageError`."""
     parser = HfArgumentParser((EvalArguments, GenerationArguments, ScoringArguments))
     try:
         args, generation, scoring = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
     except ValueError as error:  # a dataclass's own check (e.g. batch_size < 1)
         raise UsageError(str(error)) from error
+    if captioning_only and not args.video:
+        raise UsageError("give the videos to caption: --video PATH [PATH ...] (kvcap-eval evaluates a split)")
     if args.video:
         if not args.model_name_or_path:
             raise UsageError("--video needs --model_name_or_path")
@@ -191,18 +207,26 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalArguments, Genera
     return args, generation, scoring
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, captioning_only: bool = False) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 some videos unreadable, 2 usage error)."""
+    # The console commands (kvcap-eval, kvcap-caption) name themselves in errors; a call from Python is eval_hf.py.
+    prog = Path(sys.argv[0]).name if argv is None else "eval_hf.py"
     if not logging.getLogger().handlers:
-        logging.basicConfig(format="[kvcap eval] %(message)s", level=logging.INFO, stream=sys.stderr)
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        args, generation, scoring = parse_args(argv)
+        args, generation, scoring = parse_args(argv, captioning_only)
+        logger.info(apply_cpu_threads(args.cpu_threads))
         if args.video:
             return caption_videos(args, generation)
         return evaluate_command(args, generation, scoring)
     except (UsageError, EvaluationInputError, EmptySplitError, FileNotFoundError) as error:
-        print(f"eval_hf.py: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+
+
+def caption_main(argv: Sequence[str] | None = None) -> int:
+    """The `kvcap-caption` console command: `eval_hf.py --model_name_or_path M --video ...`, captioning only."""
+    return main(argv, captioning_only=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Train kvcap: `python train_hf.py configs/X.yaml [--key value ...]`, or the same under `accelerate launch`.
+"""Train kvcap: `python train_hf.py PRESET [--key value ...]` (or `kvcap-train`), also under `accelerate launch`.
+
+PRESET is a YAML file or the name of one installed with kvcap: `demo`, `linear`, `mlp_2l`, `perceiver`,
+`c_abstractor` (files in `kvcap/configs/`).
 
 One `Trainer.train()` runs both stages (stage 1: projector, lr 1e-3, 2 epochs; stage 2: projector + LoRA,
 lr 5e-5, 3 epochs). The language model is loaded in 4-bit NF4 with LoRA (r 16, alpha 32, dropout 0.05) and
@@ -28,5 +31,11 @@ def main(argv: list[str] | None = None) -> dict:
         return finish_run(run)
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """The `kvcap-train` console command: the same as `python train_hf.py`."""
     main(sys.argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

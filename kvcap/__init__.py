@@ -8,6 +8,11 @@
 - `kvcap.demo`: the miniature's data preparation (tiny backbones, the synthetic corpus); nothing in the product
   imports it.
 
-The Hub-copyable packages `modeling_kvcap` and `processing`, and the `evaluate` modules in `metrics`, import
+The Hub-copyable packages `modeling_kvcap` and `processing`, and the `evaluate` modules in `kvcap.metrics`, import
 nothing of this layer.
 """
+
+from .bitsandbytes_notice import hold_kernel_warning
+
+# Before peft (and so bitsandbytes) is imported by any kvcap module: see bitsandbytes_notice.
+hold_kernel_warning()

@@ -8,6 +8,7 @@ the diversity monitor, the final evaluation of training, ``eval_hf.py`` and a us
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,16 @@ from typing import Any
 
 import torch
 
+from .bitsandbytes_notice import note_cpu_4bit
+
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class GenerationArguments:
     """How to caption; every ``None`` falls back to the model's ``generation_config``."""
+
+    _argument_group_name = "generation: decoding and batching"  # the heading of these options in --help
 
     batch_size: int = field(default=8, metadata={"help": "Clips per generate() call."})
     max_new_tokens: int | None = field(
@@ -107,6 +114,8 @@ def load_model_and_processor(
 
         kwargs["quantization_config"] = kvcap_4bit_config(compute_dtype=kwargs["dtype"])
     if load_in_4bit or getattr(config, "quantization_config", None) is not None:
+        if torch.device(device).type == "cpu":
+            note_cpu_4bit(logger)
         # Quantized weights cannot be moved after loading; they are placed on the device as they load.
         model = AutoModel.from_pretrained(model_name_or_path, device_map={"": device}, **kwargs)
         return model.eval(), processor

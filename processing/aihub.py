@@ -612,8 +612,11 @@ def load_aihub(
 # CLI
 # ---------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    """`python -m processing.aihub` and the `kvcap-data` console command: report on a corpus."""
+    command = Path(sys.argv[0]).name if argv is None else ""
     parser = argparse.ArgumentParser(
-        prog="python -m processing.aihub", description="Report on an AI-Hub video caption corpus for kvcap."
+        prog=command if command.startswith("kvcap-") else "python -m processing.aihub",
+        description="Report on an AI-Hub video caption corpus for kvcap.",
     )
     parser.add_argument("root", help="corpus folder")
     parser.add_argument("--split", nargs="+", default=["train", "val"], help="splits to scan (default: train val)")
@@ -624,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-paths", type=int, default=10, help="skipped paths listed per reason")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    if not Path(args.root).is_dir():
+        parser.error(f"{args.root}: no such folder (give the corpus root, the folder holding train/ and val/)")
 
     report = scan_aihub(
         args.root, args.split, video_check="probe" if args.check_videos else "header", tokenizer=args.tokenizer

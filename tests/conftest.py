@@ -51,7 +51,7 @@ sys.path[:] = [p for p in sys.path if p and not _in_repo(p)]
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "")]
 sys.path_importer_cache.clear()
-for _name in ("modeling_kvcap", "processing", "kvcap", "tests", "metrics"):
+for _name in ("modeling_kvcap", "processing", "kvcap", "tests"):
     assert importlib.util.find_spec(_name) is None, f"{_name} is importable: {importlib.util.find_spec(_name)}"
 """
 
@@ -157,3 +157,39 @@ def run_offline_at_repo_root(script: str, *args: str, hf_home: Path, timeout: in
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def run_argv(tiny_backbones: dict[str, Path], corpus: Path, output_dir: Path, **overrides: Any) -> list[str]:
+    """`train_hf.py` arguments for a seconds-long run of both stages on the tiny backbones; overrides win."""
+    values = {
+        "vision_model_name_or_path": tiny_backbones["clip-vision"],
+        "text_model_name_or_path": tiny_backbones["qwen3"],
+        "data_dir": corpus,
+        "output_dir": output_dir,
+        "feature_cache_dir": Path(output_dir).parent / "feature-cache",
+        "projector_type": "mlp_2l",
+        "load_in_4bit": False,
+        "use_feature_cache": True,
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "stage2_learning_rate": 1e-3,
+        "lora_dropout": 0.0,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "activation_checkpointing": False,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "diversity_num_samples": 2,
+        "generation_max_new_tokens": 8,
+        "dataloader_pin_memory": False,
+        "report_to": "none",
+        "final_eval": False,
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    values.update(overrides)
+    argv = []
+    for key, value in values.items():
+        argv += [f"--{key}", str(value)]
+    return argv

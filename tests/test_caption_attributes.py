@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kvcap.demo import corpus as demo
-from metrics.caption_attributes import caption_attributes as module
-from metrics.caption_attributes.caption_attributes import CaptionAttributes, attribute_recall, attribute_report
+from kvcap.metrics.caption_attributes import caption_attributes as module
+from kvcap.metrics.caption_attributes.caption_attributes import CaptionAttributes, attribute_recall, attribute_report
 
 from .conftest import run_offline_at_repo_root
 
@@ -98,7 +98,7 @@ def test_noun_needs_a_particle_or_boundary_after_it() -> None:
 
 def test_derangement_equals_korean_meteors() -> None:
     # evaluate.load copies one file, so this module keeps its own copy; the chance pairing must stay METEOR's.
-    from metrics.korean_meteor.korean_meteor import derangement as meteor_derangement
+    from kvcap.metrics.korean_meteor.korean_meteor import derangement as meteor_derangement
 
     for n in range(41):
         for seed in (0, 1, 5, 1234):
@@ -136,7 +136,7 @@ def test_evaluate_load_offline(tmp_path: Path) -> None:
     references = _references([RED, BLUE])
     script = (
         "import json, evaluate\n"
-        "m = evaluate.load('metrics/caption_attributes')\n"
+        "m = evaluate.load('kvcap/metrics/caption_attributes')\n"
         f"out = m.compute(predictions={CAPTIONS!r}, references={references!r}, seed=3)\n"
         "print(json.dumps({'out': out, 'citation': m.citation, 'name': type(m).__name__}))\n"
     )
@@ -145,3 +145,23 @@ def test_evaluate_load_offline(tmp_path: Path) -> None:
     assert loaded["out"] == attribute_report(CAPTIONS, [RED, BLUE], seed=3)
     assert not math.isnan(loaded["out"]["held_out_object_recall"])
     assert "kvcap_caption_attributes" in loaded["citation"]
+
+
+def test_attribute_facts_mark_each_fact_stated_missed_or_wrong() -> None:
+    from kvcap.metrics.caption_attributes.caption_attributes import attribute_facts, attribute_vocabulary
+
+    vocabulary = attribute_vocabulary([RED, BLUE])
+    assert vocabulary == {"colors": ["빨간색", "파란색"], "shapes": ["사각형", "원"]}
+    caption = "빨간색 원과 파란색 사각형이 보입니다. 맑은 낮의 풍경입니다."
+    facts = attribute_facts(caption, RED, vocabulary)
+    assert facts == [
+        {"kind": "object", "expected": "빨간색 원", "named": True},
+        {"kind": "motion", "expected": "빨간색 원: 왼쪽에서 오른쪽으로", "named": False},
+        {"kind": "time_of_day", "expected": "하늘색 / 맑은 낮", "named": True},
+        {"kind": "category", "expected": "자연", "named": False},
+        {"kind": "wrong_object", "expected": None, "named": "파란색 사각형"},
+    ]
+    # Without a vocabulary nothing is called wrong, and recall is the share of facts stated, per kind.
+    assert [fact["kind"] for fact in attribute_facts(caption, RED)] == ["object", "motion", "time_of_day", "category"]
+    expected = {"object": 1.0, "motion": 0.0, "time_of_day": 1.0, "category": 0.0, "all": 0.5}
+    assert attribute_recall(caption, RED) == expected

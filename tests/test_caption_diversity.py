@@ -8,7 +8,7 @@ import random
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-from metrics.caption_diversity.caption_diversity import CaptionDiversity, self_bleu, tokenize
+from kvcap.metrics.caption_diversity.caption_diversity import CaptionDiversity, self_bleu, tokenize
 
 from .conftest import run_offline_at_repo_root
 
@@ -144,7 +144,7 @@ def test_collapse_threshold_is_an_argument(metric):
 def test_evaluate_load_offline(tmp_path, metric):
     script = (
         "import json, evaluate\n"
-        "m = evaluate.load('metrics/caption_diversity')\n"
+        "m = evaluate.load('kvcap/metrics/caption_diversity')\n"
         f"print(json.dumps({{'out': m.compute(predictions={NEAR_DUPLICATES!r}), 'citation': m.citation}}))\n"
     )
     loaded = run_offline_at_repo_root(script, hf_home=tmp_path / "hf")

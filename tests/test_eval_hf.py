@@ -337,3 +337,34 @@ def test_the_read_error_caught_is_the_processors_own(tiny_tokenizer) -> None:
         processor.load_frames("/no-such.mp4")
     # A processor saved before it named its error class: its reader's errors are RuntimeErrors.
     assert video_read_error(SimpleNamespace()) is RuntimeError
+
+
+def test_saved_predictions_score_again_from_another_directory_and_without_a_video(
+    checkpoint: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The corpus given as a relative path, as a preset's `outputs/demo-assets/corpus` is.
+    copy = tmp_path / "work" / "corpus"
+    shutil.copytree(corpus, copy)
+    monkeypatch.chdir(copy.parent)
+    out = tmp_path / "eval"
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", "corpus", "--output_dir", str(out)]
+    assert eval_hf.main([*argv, *GENERATION_ARGS]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all(Path(row["video_path"]).is_absolute() for row in rows)
+
+    monkeypatch.chdir(tmp_path)
+    again = tmp_path / "again"
+    assert eval_hf.main(["--predictions", str(out / "predictions.jsonl"), "--output_dir", str(again)]) == 0
+    metrics = json.loads((again / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["num_unreadable"] == 0 and metrics["num_videos_not_read"] == 0
+    assert all(len(row["images"]) == 8 for row in _parse_report(again / "report.html").rows)
+
+    # A video gone since: its caption is still scored, and the clip is named as not read, not as uncaptioned.
+    gone = Path(rows[0]["video_path"])
+    gone.unlink()
+    assert eval_hf.main(["--predictions", str(out / "predictions.jsonl"), "--output_dir", str(again)]) == 0
+    metrics = json.loads((again / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["overall"]["num_clips"] == NUM_VAL and metrics["num_unreadable"] == 0
+    assert metrics["num_videos_not_read"] == 1 and metrics["videos_not_read"][0]["video_path"] == str(gone)
+    html = (again / "report.html").read_text(encoding="utf-8")
+    assert "1 captioned clip(s) whose video could not be read again" in html and "unreadable video" not in html

@@ -13,7 +13,7 @@ import train_hf
 from kvcap.demo.corpus import generate_corpus
 from kvcap.training.export import HubPushError, check_hub_push, push_folder
 
-from .test_train_hf import run_argv
+from .conftest import run_argv
 
 
 class FakeHub:

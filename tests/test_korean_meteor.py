@@ -9,7 +9,7 @@ import pytest
 from nltk.tokenize import NLTKWordTokenizer
 from nltk.translate.meteor_score import meteor_score, single_meteor_score
 
-from metrics.korean_meteor.korean_meteor import KoreanMeteor, KoreanStemmer, derangement, tokenize
+from kvcap.metrics.korean_meteor.korean_meteor import KoreanMeteor, KoreanStemmer, derangement, tokenize
 
 from .conftest import run_offline_at_repo_root
 
@@ -330,7 +330,7 @@ def test_bad_arguments(metric):
 def test_evaluate_load_offline(tmp_path, metric):
     script = (
         "import json, evaluate\n"
-        "m = evaluate.load('metrics/korean_meteor')\n"
+        "m = evaluate.load('kvcap/metrics/korean_meteor')\n"
         "out = m.compute(predictions=['자동차가 달린다.', '하늘이 맑다.'],\n"
         "                references=['자동차가 달렸다.', '맑은 하늘'])\n"
         "print(json.dumps({'out': out, 'citation': m.citation, 'name': m.name}))\n"

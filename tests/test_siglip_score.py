@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, SiglipModel
 
-from metrics.siglip_score import siglip_score as siglip_module
-from metrics.siglip_score.siglip_score import SiglipScore, load_preprocessing, split_sentences
+from kvcap.metrics.siglip_score import siglip_score as siglip_module
+from kvcap.metrics.siglip_score.siglip_score import SiglipScore, load_preprocessing, split_sentences
 
 from .conftest import run_offline_at_repo_root
 
@@ -195,7 +195,7 @@ def test_long_captions_are_truncated_unless_scored_per_sentence(colour_siglip):
 def test_evaluate_load_offline(colour_siglip, tmp_path):
     script = (
         "import json, sys, numpy as np, evaluate\n"
-        "m = evaluate.load('metrics/siglip_score', model_name_or_path=sys.argv[1], device='cpu')\n"
+        "m = evaluate.load('kvcap/metrics/siglip_score', model_name_or_path=sys.argv[1], device='cpu')\n"
         "clips = list(np.load(sys.argv[2]))\n"
         "out = m.compute(predictions=sys.argv[3:], videos=clips, progress=False)\n"
         "print(json.dumps({'out': out, 'citation': m.citation}))\n"
@@ -213,7 +213,7 @@ def test_evaluate_load_offline(colour_siglip, tmp_path):
 
 
 def test_floor_pairs_the_same_clips_as_the_meteor_floor():
-    from metrics.korean_meteor.korean_meteor import derangement as meteor_derangement
+    from kvcap.metrics.korean_meteor.korean_meteor import derangement as meteor_derangement
 
     for n in (2, 3, 17, 60):
         for seed in (0, 1, 5):

@@ -21,7 +21,7 @@ from kvcap.training.stages import LORA, PROJECTOR, stage_parameter_groups
 from modeling_kvcap import PROJECTOR_TYPES, KVCapConfig
 from modeling_kvcap.configuration_kvcap import MODEL_SETTINGS
 
-from .conftest import REPO_ROOT, run_in_clean_interpreter
+from .conftest import REPO_ROOT, run_argv, run_in_clean_interpreter
 
 pytestmark = pytest.mark.slow
 
@@ -31,41 +31,6 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     generate_corpus(root, num_train=16, num_val=4, seed=0)
     return root
-
-
-def run_argv(tiny_backbones, corpus, output_dir, **overrides) -> list[str]:
-    values = {
-        "vision_model_name_or_path": tiny_backbones["clip-vision"],
-        "text_model_name_or_path": tiny_backbones["qwen3"],
-        "data_dir": corpus,
-        "output_dir": output_dir,
-        "feature_cache_dir": Path(output_dir).parent / "feature-cache",
-        "projector_type": "mlp_2l",
-        "load_in_4bit": False,
-        "use_feature_cache": True,
-        "stage1_epochs": 1,
-        "stage2_epochs": 1,
-        "stage2_learning_rate": 1e-3,
-        "lora_dropout": 0.0,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4,
-        "activation_checkpointing": False,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "diversity_num_samples": 2,
-        "generation_max_new_tokens": 8,
-        "dataloader_pin_memory": False,
-        "report_to": "none",
-        "final_eval": False,
-        "disable_tqdm": True,
-        "seed": 0,
-    }
-    values.update(overrides)
-    argv = []
-    for key, value in values.items():
-        argv += [f"--{key}", str(value)]
-    return argv
 
 
 class StepRecorder(TrainerCallback):
@@ -189,7 +154,7 @@ def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tiny_b
                 "-m",
                 "accelerate.commands.launch",
                 "--config_file",
-                "configs/accelerate/cpu_ddp.yaml",
+                "kvcap/configs/accelerate/cpu_ddp.yaml",
                 "train_hf.py",
             ],
         ),
@@ -216,9 +181,9 @@ def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tiny_b
 
 def test_yaml_presets_parse_and_command_line_overrides_them():
     model_args, data_args, training_args = parse_arguments(
-        [str(REPO_ROOT / "configs" / "demo.yaml"), "--stage1_epochs", "3", "--output_dir", "/tmp/kvcap-x"]
+        [str(REPO_ROOT / "kvcap" / "configs" / "demo.yaml"), "--stage1_epochs", "3", "--output_dir", "/tmp/kvcap-x"]
     )
-    preset = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+    preset = yaml.safe_load((REPO_ROOT / "kvcap" / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     assert training_args.stage1_epochs == 3 and training_args.stage2_epochs == preset["stage2_epochs"]
     assert training_args.num_train_epochs == 3 + preset["stage2_epochs"]
     assert data_args.prepare == {"module": "kvcap.demo.prepare", **{k: preset["prepare"][k] for k in preset["prepare"]}}
@@ -226,7 +191,7 @@ def test_yaml_presets_parse_and_command_line_overrides_them():
     for projector in PROJECTOR_TYPES:
         model_args, data_args, training_args = parse_arguments(
             # bf16 is what the presets ask for on a GPU; this machine has none.
-            [str(REPO_ROOT / "configs" / f"{projector}.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
+            [str(REPO_ROOT / "kvcap" / "configs" / f"{projector}.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
         )
         assert model_args.projector_type == projector and model_args.load_in_4bit
         assert model_args.text_model_name_or_path == "Qwen/Qwen3-8B"
@@ -235,46 +200,80 @@ def test_yaml_presets_parse_and_command_line_overrides_them():
         assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (16, 32, 0.05)
 
 
-def test_activation_checkpointing_is_on_by_default_and_either_name_turns_it_off():
-    base = [str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", "/tmp/kvcap-x"]
-    preset = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
+def refusal(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one-line error `parse_arguments` exits with on ``argv``."""
+    with pytest.raises(SystemExit) as exited:
+        parse_arguments(argv)
+    assert exited.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_activation_checkpointing_is_on_by_default_and_either_name_turns_it_off(capsys):
+    base = [str(REPO_ROOT / "kvcap" / "configs" / "demo.yaml"), "--output_dir", "/tmp/kvcap-x"]
+    preset = yaml.safe_load((REPO_ROOT / "kvcap" / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     assert parse_arguments(base)[2].activation_checkpointing is preset["activation_checkpointing"]
     no_preset = [*base[1:], "--data_dir", "/data/aihub"]
     assert parse_arguments(no_preset)[2].activation_checkpointing is True
-    real = [str(REPO_ROOT / "configs" / "mlp_2l.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
+    real = [str(REPO_ROOT / "kvcap" / "configs" / "mlp_2l.yaml"), "--data_dir", "/data/aihub", "--bf16", "false"]
     assert parse_arguments(real)[2].activation_checkpointing is True
     assert parse_arguments([*real, "--activation_checkpointing", "false"])[2].activation_checkpointing is False
     with pytest.warns(FutureWarning, match="gradient_checkpointing"):
         legacy = parse_arguments([*no_preset, "--gradient_checkpointing", "false"])[2]
     assert legacy.activation_checkpointing is False and legacy.gradient_checkpointing is False
     # Against a preset's activation_checkpointing the alias would be dropped silently; it is refused instead.
-    with pytest.raises(ValueError, match="deprecated alias"):
-        parse_arguments([*real, "--gradient_checkpointing", "false"])
+    assert "deprecated alias" in refusal([*real, "--gradient_checkpointing", "false"], capsys)
 
 
-def test_a_preset_with_an_unknown_key_is_refused_naming_file_and_key(tmp_path):
+def test_a_preset_with_an_unknown_key_is_refused_naming_file_and_key(tmp_path, capsys):
     preset = tmp_path / "typo.yaml"
     preset.write_text("data_dir: /data/aihub\nstage2_learning_rat: 1.0e-4\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"typo\.yaml: unknown argument\(s\) stage2_learning_rat"):
-        parse_arguments([str(preset)])
+    assert f"{preset}: unknown argument(s) stage2_learning_rat" in refusal([str(preset)], capsys)
 
 
-def test_num_train_epochs_other_than_the_stages_is_refused():
+def test_argument_mistakes_are_one_line_naming_the_file_or_argument(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data_dir: /data/aihub\nstage1_epochs: [1\n", encoding="utf-8")
+    assert f"{broken}:3: not valid YAML" in refusal([str(broken)], capsys)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("data_dir: /data/\u00e9\n".encode("latin-1"))
+    assert f"{latin}: a preset must be UTF-8 text" in refusal([str(latin)], capsys)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- data_dir\n", encoding="utf-8")
+    assert f"{listed}: a preset must be a mapping" in refusal([str(listed)], capsys)
+    missing = tmp_path / "nope.yaml"
+    assert f"{missing}: no such preset file (installed presets: c_abstractor, demo" in refusal([str(missing)], capsys)
+    assert "'mlp2l' is neither a YAML file nor an installed preset" in refusal(["mlp2l"], capsys)
+    assert "unknown argument(s) --stage_epochs 3" in refusal(["demo", "--stage_epochs", "3"], capsys)
+
+
+def test_installed_presets_are_found_by_name():
+    from kvcap.training.arguments import PRESETS_DIR, preset_names
+
+    assert PRESETS_DIR == REPO_ROOT / "kvcap" / "configs"
+    assert preset_names() == sorted(["demo", *PROJECTOR_TYPES])
+    by_name = parse_arguments(["demo", "--output_dir", "/tmp/kvcap-x"])
+    by_path = parse_arguments([str(PRESETS_DIR / "demo.yaml"), "--output_dir", "/tmp/kvcap-x"])
+    assert by_name[0] == by_path[0] and by_name[1] == by_path[1]
+    assert parse_arguments(["perceiver", "--data_dir", "/d", "--bf16", "false"])[0].projector_type == "perceiver"
+
+
+def test_num_train_epochs_other_than_the_stages_is_refused(capsys):
     argv = ["--data_dir", "/data/aihub", "--stage1_epochs", "1", "--stage2_epochs", "2"]
     assert parse_arguments(argv)[2].num_train_epochs == 3
     assert parse_arguments([*argv, "--num_train_epochs", "3"])[2].num_train_epochs == 3
-    with pytest.raises(ValueError, match="stage1_epochs and stage2_epochs"):
-        parse_arguments([*argv, "--num_train_epochs", "5"])
+    assert "stage1_epochs and stage2_epochs" in refusal([*argv, "--num_train_epochs", "5"], capsys)
 
 
 def test_a_preset_without_data_dir_is_refused(capsys):
     with pytest.raises(SystemExit):
-        parse_arguments([str(REPO_ROOT / "configs" / "linear.yaml"), "--bf16", "false"])
+        parse_arguments([str(REPO_ROOT / "kvcap" / "configs" / "linear.yaml"), "--bf16", "false"])
     assert "--data_dir" in capsys.readouterr().err
 
 
 def test_push_to_hub_without_a_repository_id_is_refused_before_training(capsys):
-    argv = [str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", "/tmp/kvcap-x", "--push_to_hub", "true"]
+    argv = [str(REPO_ROOT / "kvcap" / "configs" / "demo.yaml"), "--output_dir", "/tmp/kvcap-x", "--push_to_hub", "true"]
     with pytest.raises(SystemExit):
         parse_arguments(argv)
     assert "--hub_model_id" in capsys.readouterr().err
@@ -338,6 +337,24 @@ def test_final_folder_loads_in_one_line_where_kvcap_is_not_installed(tiny_backbo
     loaded = json.loads(output.read_text(encoding="utf-8"))
     assert loaded["class"].startswith("transformers_modules.")
     assert loaded["caption"] == expected and expected
+
+    # The adapter folder loads the way its card says, where kvcap is not installed, and equals the merged model.
+    adapter_card = (final / "adapter" / "README.md").read_text(encoding="utf-8")
+    assert "AutoPeftModel.from_pretrained` cannot load it" in adapter_card and "library_name: peft" in adapter_card
+    snippet = adapter_card.split("```python\n")[1].split("```")[0]
+    assert 'MODEL_ID = "org/kvcap-mlp"' in snippet
+    compare = (
+        "import sys, numpy, torch\n"
+        "from transformers import AutoModel, AutoProcessor\n"
+        "merged = AutoModel.from_pretrained(MODEL_ID, trust_remote_code=True).eval()\n"
+        "inputs = AutoProcessor.from_pretrained(MODEL_ID, trust_remote_code=True)(videos=[sys.argv[2]])\n"
+        "with torch.no_grad():\n"
+        "    difference = (model.eval()(**inputs).logits - merged(**inputs).logits).abs().max().item()\n"
+        "assert type(base).__module__.startswith('transformers_modules.'), type(base)\n"
+        "assert difference < 1e-4, difference\n"
+    )
+    script = snippet.replace('MODEL_ID = "org/kvcap-mlp"', "MODEL_ID = sys.argv[1]") + compare
+    run_in_clean_interpreter("import sys\n" + script, str(final), str(video), workdir=tmp_path)
 
 
 def test_diversity_monitor_logs_warns_and_can_stop_training(tiny_backbones, corpus, tmp_path, caplog):
@@ -447,14 +464,13 @@ def test_every_model_setting_survives_train_export_and_reload(tiny_backbones, co
         torch.testing.assert_close(reloaded.multi_modal_projector(features), expected)
 
 
-def test_the_preparation_step_comes_from_the_preset_or_the_command_line_and_runs_with_its_options(tmp_path):
+def test_the_preparation_step_comes_from_the_preset_or_the_command_line_and_runs_with_its_options(tmp_path, capsys):
     from kvcap.training.run import run_preparation
 
-    demo = str(REPO_ROOT / "configs" / "demo.yaml")
+    demo = str(REPO_ROOT / "kvcap" / "configs" / "demo.yaml")
     override = json.dumps({"module": "kvcap.demo.prepare", "num_train_clips": 240, "num_val_clips": 60})
     assert parse_arguments([demo, "--prepare", override])[1].prepare["num_train_clips"] == 240
-    with pytest.raises(ValueError, match="JSON object"):
-        parse_arguments([demo, "--prepare", "kvcap.demo.prepare"])
+    assert "JSON object" in refusal([demo, "--prepare", "kvcap.demo.prepare"], capsys)
 
     # A module of the caller's own, found on sys.path like any preparation step.
     (tmp_path / "my_prepare.py").write_text(

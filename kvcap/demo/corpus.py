@@ -3,7 +3,7 @@
 Every clip is a small mp4 (default 96x96, 16 frames at 8 fps, libx264 yuv420p) showing one or two coloured
 shapes moving over a background whose sky colour gives the time of day and whose ground band gives the
 category. The Korean caption (a short paragraph from one of four templates) states exactly what is visible,
-and the label stores the same facts as structured attributes, so the ``metrics/caption_attributes`` metric can
+and the label stores the same facts as structured attributes, so the ``kvcap/metrics/caption_attributes`` metric can
 check whether a generated caption names the right colour, shape, motion, time of day and category.
 
 Layout written (the one ``processing.aihub`` reads)::

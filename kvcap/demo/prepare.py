@@ -1,8 +1,8 @@
 """The demo preset's preparation step: build the tiny backbones and the demo corpus where the preset points.
 
-`configs/demo.yaml` names this module (`prepare: {module: kvcap.demo.prepare, ...}`), so that
-`python train_hf.py configs/demo.yaml` is the one command that runs the demo. Assets are (re)built only when they
-are missing or stale: backbones built by another recipe, a corpus of another size or format.
+The `demo` preset (`kvcap/configs/demo.yaml`) names this module (`prepare: {module: kvcap.demo.prepare, ...}`),
+so that `python train_hf.py demo` is the one command that runs the demo. Assets are (re)built only when they are
+missing or stale: backbones built by another recipe, a corpus of another size or format.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ class ClipRecord:
     attributes: dict[str, Any] | None = None
     num_tokens: int | None = None
     finished: bool | None = None
-    error: str | None = None
+    error: str | None = None  # why the clip has no caption: unreadable, or generation failed
+    video_error: str | None = None  # why a captioned clip's video could not be read again (report frames, SigLIP)
     scores: dict[str, Any] = field(default_factory=dict)
     thumbnails: list[str] = field(default_factory=list, repr=False)
 
@@ -37,8 +39,9 @@ class ClipRecord:
         row.pop("thumbnails")
         if row["attributes"] is None:
             row.pop("attributes")
-        if row["error"] is None:
-            row.pop("error")
+        for optional in ("error", "video_error"):
+            if row[optional] is None:
+                row.pop(optional)
         return row
 
 
@@ -73,7 +76,8 @@ def records_from_dataset(dataset: Any, max_samples: int | None = None) -> list[C
         records.append(
             ClipRecord(
                 video_id=row["video_id"],
-                video_path=row["video_path"],
+                # Absolute, so that predictions.jsonl can be scored again from any working directory.
+                video_path=os.path.abspath(row["video_path"]),
                 category=row.get("category") if "category" in columns else None,
                 reference=row["caption"],
                 attributes=attributes_of(row["metadata"]) if "metadata" in columns else None,

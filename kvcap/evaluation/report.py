@@ -37,8 +37,13 @@ th{background:#f0f0f0;text-align:left}
 th[data-sort]{cursor:pointer;user-select:none}th[data-sort]:hover{background:#e4e4e4}
 th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.text{min-width:16rem;max-width:30rem;white-space:pre-wrap;word-break:keep-all;overflow-wrap:anywhere}
-.strip{display:flex;gap:2px}.strip img{display:block;border-radius:2px}
+td.text{min-width:12rem;white-space:pre-wrap;word-break:keep-all;overflow-wrap:anywhere}
+#clips{width:100%}
+.strip{display:grid;grid-template-columns:repeat(4,max-content);gap:2px}.strip img{display:block;border-radius:2px}
+.facts{margin-top:.35rem;display:flex;flex-wrap:wrap;gap:.2rem;white-space:normal}
+.fact{font-size:.72rem;padding:0 .3rem;border-radius:4px}.fact.hit{background:#e6f4ea;color:#1b5e20}
+.fact.miss{background:#f1f1f1;color:#777;text-decoration:line-through}
+.fact.wrong{background:#fdecea;color:#8a1f11;font-weight:600}
 .badge{display:inline-block;font-size:.72rem;padding:0 .35rem;border-radius:4px;margin-right:.3rem;
 background:#eee;color:#333}.badge.dup{background:#fdecea;color:#8a1f11}.badge.cut{background:#fff3cd;color:#6b4e00}
 .controls{margin:.6rem 0;display:flex;gap:.8rem;align-items:center;font-size:.85rem}
@@ -210,8 +215,14 @@ def _warnings(metrics: dict[str, Any], clips: Sequence[dict[str, Any]]) -> str:
             for u in unreadable
         )
         parts.append(
-            f"<div class='warn'><b>{len(unreadable)} unreadable video(s)</b> "
-            f"(not captioned or not scored with SigLIP):<ul>{items}</ul></div>"
+            f"<div class='warn'><b>{len(unreadable)} unreadable video(s)</b> (not captioned):<ul>{items}</ul></div>"
+        )
+    not_read = metrics.get("videos_not_read") or []
+    if not_read:
+        parts.append(
+            f"<div class='note'>{len(not_read)} captioned clip(s) whose video could not be read again: scored, "
+            f"without frames or SigLIP (e.g. <span class='mono'>{escape(str(not_read[0].get('video_path')))}</span>: "
+            f"{escape(str(not_read[0].get('error')))}; all in metrics.json).</div>"
         )
     scan = metrics.get("dataset_scan") or {}
     skipped = {reason: n for reason, n in (scan.get("skipped") or {}).items() if n}
@@ -219,6 +230,28 @@ def _warnings(metrics: dict[str, Any], clips: Sequence[dict[str, Any]]) -> str:
         listed = ", ".join(f"{escape(reason)} {n}" for reason, n in skipped.items())
         parts.append(f"<div class='note'>The corpus scan skipped files: {listed} (paths in metrics.json).</div>")
     return "".join(parts)
+
+
+_FACTS_LEGEND = (
+    "<div class='sub'>Under each caption, the clip's labelled facts: <span class='fact hit'>✓ stated</span> "
+    "<span class='fact miss'>not stated</span> <span class='fact wrong'>✗ stated, not in the clip</span></div>"
+)
+
+
+def _facts(facts: Sequence[dict[str, Any]] | None) -> str:
+    """The clip's labelled facts under its caption: stated (✓), not stated (struck out), stated but wrong (✗)."""
+    if not facts:
+        return ""
+    marks = []
+    for fact in facts:
+        if fact["kind"] == "wrong_object":
+            css, title, text = "wrong", "stated, not in the clip", f"✗ {fact['named']}"
+        elif fact["named"]:
+            css, title, text = "hit", f"{fact['kind']}: stated", f"✓ {fact['expected']}"
+        else:
+            css, title, text = "miss", f"{fact['kind']}: not stated", fact["expected"]
+        marks.append(f"<span class='fact {css}' title='{escape(title, quote=True)}'>{escape(text)}</span>")
+    return "<div class='facts'>" + "".join(marks) + "</div>"
 
 
 def _clip_row(index: int, clip: dict[str, Any], columns: Sequence[tuple[str, str, int]], frame_height: int) -> str:
@@ -229,7 +262,8 @@ def _clip_row(index: int, clip: dict[str, Any], columns: Sequence[tuple[str, str
         f"<img src='{uri}' alt='frame {i + 1}' height='{frame_height}'>"
         for i, uri in enumerate(clip["frames"])
     )
-    strip = f"<div class='strip'>{frames}</div>" if frames else f"<i>{escape(clip.get('error') or 'no frames')}</i>"
+    missing = clip.get("error") or clip.get("video_error") or "no frames"
+    strip = f"<div class='strip'>{frames}</div>" if frames else f"<i>{escape(missing)}</i>"
     badges = ""
     same = scores.get("same_caption_count", 1)
     if same and same > 1:
@@ -242,7 +276,8 @@ def _clip_row(index: int, clip: dict[str, Any], columns: Sequence[tuple[str, str
         f"<br>{escape(category)}</td>",
         f"<td>{strip}</td>",
         f"<td class='text' data-value='{escape(clip.get('prediction') or '', quote=True)}'>{badges}"
-        f"<span class='prediction'>{escape(clip.get('prediction') or '')}</span></td>",
+        f"<span class='prediction'>{escape(clip.get('prediction') or '')}</span>{_facts(scores.get('attribute_facts'))}"
+        "</td>",
         f"<td class='text' data-value='{escape(clip.get('reference') or '', quote=True)}'>"
         f"<span class='reference'>{escape(clip.get('reference') or '')}</span></td>",
     ]
@@ -295,6 +330,7 @@ def render_report(
         + "<h2>Metrics</h2>"
         + _summary_table(metrics)
         + "<h2>Clips</h2>"
+        + (_FACTS_LEGEND if any((clip.get("scores") or {}).get("attribute_facts") for clip in clips) else "")
         + "<div class='controls'><label>category <select id='category'><option value=''>all</option>"
         + options
         + "</select></label><label>search <input id='search' type='search'></label>"

@@ -132,19 +132,22 @@ def _caption_batch(
 
 
 def add_report_thumbnails(records: Sequence[ClipRecord], height: int, num_frames: int = 8) -> None:
-    """Thumbnails for records that have none yet (scoring saved predictions); unreadable videos get an error."""
+    """Thumbnails for records that have none yet (scoring saved predictions).
+
+    A video that cannot be read sets ``record.video_error``: its caption is still scored, without frames or SigLIP.
+    """
     from processing.video_io import VideoReadError, read_video_frames
 
     for record in records:
-        if record.thumbnails or record.error is not None:
+        if record.thumbnails or record.error is not None or record.video_error is not None:
             continue
         if not record.video_path:
-            record.error = "no video_path"
+            record.video_error = "no video_path"
             continue
         try:
             record.thumbnails = frames_to_data_uris(read_video_frames(record.video_path, num_frames=num_frames), height)
         except (VideoReadError, OSError) as error:
-            record.error = str(error)
+            record.video_error = str(error)
 
 
 def unreadable(records: Sequence[ClipRecord]) -> list[dict[str, Any]]:
@@ -164,6 +167,7 @@ def _report_row(record: ClipRecord) -> dict[str, Any]:
         "num_tokens": record.num_tokens,
         "finished": record.finished,
         "error": record.error,
+        "video_error": record.video_error,
         "frames": record.thumbnails,
     }
 
@@ -241,6 +245,18 @@ def score_and_write(
     metrics["num_unreadable"] = len(failed)
     metrics["num_generation_failed"] = sum(entry["error"].startswith(GENERATION_FAILED) for entry in failed)
     metrics["unreadable_videos"] = failed
+    not_read = [
+        {"video_id": r.video_id, "video_path": r.video_path, "error": r.video_error}
+        for r in records
+        if r.video_error is not None
+    ]
+    metrics["num_videos_not_read"] = len(not_read)
+    metrics["videos_not_read"] = not_read
+    if not_read:
+        logger.warning(
+            f"{len(not_read)} captioned clips whose video could not be read (scored, without frames in the report "
+            f"or SigLIP), e.g. {not_read[0]['video_path']}: {not_read[0]['error']}"
+        )
     metrics["dataset_scan"] = dataset_scan
     paths = write_outputs(output_dir, records, metrics, title, frame_height)
     return metrics, paths

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
-from metrics.siglip_score.siglip_score import DEFAULT_MODEL as DEFAULT_SIGLIP_MODEL
+from kvcap.metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
+from kvcap.metrics.siglip_score.siglip_score import DEFAULT_MODEL as DEFAULT_SIGLIP_MODEL
 
 from .records import ClipRecord
 
@@ -27,6 +27,8 @@ SIGLIP_FRAMES_PER_CLIP = 8
 @dataclass
 class ScoringArguments:
     """How captions are scored."""
+
+    _argument_group_name = "scoring: METEOR, SigLIP, diversity"  # the heading of these options in --help
 
     siglip_model_name_or_path: str | None = field(
         default=None,
@@ -67,7 +69,7 @@ def siglip_clip_scores(
     """SigLIP score, cosine and CLIP-style score per clip and the floor.
 
     Returns ``per_clip`` (index into ``records`` → ``(siglip_score, cosine, clip_score)``; clips without a prediction
-    or whose video cannot be read are absent, and the latter get ``record.error``), ``floor`` and
+    or whose video cannot be read are absent, and the latter get ``record.video_error``), ``floor`` and
     ``truncated_fraction`` (texts longer than SigLIP's 64 tokens).
 
     Frames are decoded at full resolution and resized by the SigLIP processor, as the metric's authors intended.
@@ -77,11 +79,15 @@ def siglip_clip_scores(
     """
     from tqdm.auto import tqdm
 
-    from metrics.siglip_score.siglip_score import load_siglip, siglip_scores
+    from kvcap.metrics.siglip_score.siglip_score import load_siglip, siglip_scores
     from processing.video_io import VideoReadError, read_video_frames
 
     bundle = load_siglip(model_name_or_path, device=device)
-    scored = [(i, r) for i, r in enumerate(records) if r.video_path and r.error is None and r.prediction is not None]
+    scored = [
+        (i, r)
+        for i, r in enumerate(records)
+        if r.video_path and r.error is None and r.video_error is None and r.prediction is not None
+    ]
     per_clip: dict[int, tuple[float, float, float]] = {}
     floor_sum, floor_count, truncated_sum, text_count = 0.0, 0, 0.0, 0
     for chunk in tqdm(_chunks(scored, chunk_clips), desc="kvcap: siglip", unit="chunk", disable=not progress):
@@ -91,7 +97,7 @@ def siglip_clip_scores(
                 videos.append(read_video_frames(record.video_path, num_frames=num_frames))
                 kept.append((index, record))
             except (VideoReadError, OSError) as error:
-                record.error = str(error)
+                record.video_error = str(error)
         if not kept:
             continue
         out = siglip_scores(
@@ -123,11 +129,17 @@ def score_records(
     siglip: dict[str, Any] | None = None,
 ) -> None:
     """Fill ``record.scores`` for every clip with a prediction: METEOR, its floor pair, SigLIP, attribute recall."""
-    from metrics.caption_attributes.caption_attributes import attribute_recall
-    from metrics.korean_meteor.korean_meteor import meteor_scores
+    from kvcap.metrics.caption_attributes.caption_attributes import (
+        attribute_facts,
+        attribute_recall,
+        attribute_vocabulary,
+    )
+    from kvcap.metrics.korean_meteor.korean_meteor import meteor_scores
 
     indexed = [(i, r) for i, r in enumerate(records) if r.prediction is not None]
     with_prediction = [r for _, r in indexed]
+    # Every label's colours and shapes: a phrase from them that is not in the clip is marked wrong in the report.
+    vocabulary = attribute_vocabulary([r.attributes for r in with_prediction if r.attributes])
     meteor = meteor_scores(
         [r.prediction for r in with_prediction], [r.reference for r in with_prediction], tokenizer=meteor_tokenizer
     )
@@ -147,12 +159,13 @@ def score_records(
             detail = attribute_recall(record.prediction, record.attributes)
             scores["attribute_recall"] = detail["all"]
             scores["attribute_recall_detail"] = detail
+            scores["attribute_facts"] = attribute_facts(record.prediction, record.attributes, vocabulary)
         record.scores = scores
 
 
 def summarize(records: Sequence[ClipRecord]) -> dict[str, Any]:
     """Means of the per-clip scores, diversity of the captions and caption lengths over ``records``."""
-    from metrics.caption_diversity.caption_diversity import diversity
+    from kvcap.metrics.caption_diversity.caption_diversity import diversity
 
     scored = [r for r in records if r.prediction is not None]
     summary: dict[str, Any] = {
@@ -196,7 +209,7 @@ def seed_targets(overall: dict[str, Any], siglip_note: str | None) -> dict[str, 
 
 def attribute_summary(records: Sequence[ClipRecord], seed: int = 0) -> dict[str, float] | None:
     """How often captions name their clip's labelled attributes, against chance (labels without them: None)."""
-    from metrics.caption_attributes.caption_attributes import attribute_report
+    from kvcap.metrics.caption_attributes.caption_attributes import attribute_report
 
     labelled = [r for r in records if r.prediction is not None and r.attributes]
     if not labelled:

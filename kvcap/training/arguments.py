@@ -11,7 +11,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
+from kvcap.metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
 from modeling_kvcap.configuration_kvcap import (
     DEFAULT_TEXT_MODEL,
     DEFAULT_VISION_MODEL,
@@ -26,6 +26,8 @@ AIHUB_CORPUS_NAME = "대한민국 배경영상 상세묘사 (AI-Hub)"
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model: backbones, projector, 4-bit and LoRA"  # the heading of these options in --help
+
     vision_model_name_or_path: str = field(
         default=DEFAULT_VISION_MODEL, metadata={"help": "CLIP checkpoint (Hub id or path) for the frozen vision tower."}
     )
@@ -79,6 +81,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data: corpus, frames, feature cache"  # the heading of these options in --help
+
     data_dir: str | None = field(default=None, metadata={"help": "AI-Hub corpus root (either layout); required."})
     train_split: str = "train"
     eval_split: str = "val"
@@ -114,6 +118,8 @@ class DataArguments:
 
 @dataclass
 class KVCapTrainingArguments(TrainingArguments):
+    _argument_group_name = "training: stages, and the Trainer's own options"  # the heading of these options in --help
+
     stage1_epochs: int = field(default=2, metadata={"help": "Stage 1 (projector only) epochs."})
     stage1_learning_rate: float = field(default=1e-3, metadata={"help": "Stage 1 peak learning rate."})
     stage2_epochs: int = field(default=3, metadata={"help": "Stage 2 (projector + LoRA) epochs."})
@@ -134,6 +140,14 @@ class KVCapTrainingArguments(TrainingArguments):
         },
     )
     final_eval: bool = field(default=True, metadata={"help": "Caption the validation set at the end and score it."})
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Threads torch uses on CPU (torch.set_num_threads). Default: torch's, one per physical core, or "
+            "OMP_NUM_THREADS. The demo preset sets 1: its figures are exact at that count and it is not slowed by "
+            "other load. Printed at the start of every run."
+        },
+    )
 
     # Defaults that suit kvcap rather than the generic Trainer.
     remove_unused_columns: bool = False
@@ -144,6 +158,8 @@ class KVCapTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = True
 
     def __post_init__(self):
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"--cpu_threads must be at least 1, got {self.cpu_threads}.")
         # The two stages define the run's length; a different --num_train_epochs would be silently ignored.
         stages_total = self.stage1_epochs + self.stage2_epochs
         if self.num_train_epochs not in (stages_total, TrainingArguments.num_train_epochs):
@@ -171,9 +187,41 @@ class KVCapTrainingArguments(TrainingArguments):
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, KVCapTrainingArguments)
 
 
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """The presets installed with kvcap (``kvcap/configs/NAME.yaml``), by name."""
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A preset's file: a path to a YAML file, or the name of a preset installed with kvcap (``demo``, ``mlp_2l``)."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such preset file (installed presets: {', '.join(preset_names())}).")
+        return path
+    path = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"{name_or_path!r} is neither a YAML file nor an installed preset; the presets are "
+            f"{', '.join(preset_names())} (in {PRESETS_DIR})."
+        )
+    return path
+
+
 def read_preset(path: str | Path) -> dict:
     """A YAML preset as typed values, every key checked against the argument dataclasses."""
-    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        # PyYAML names the text "<unicode string>"; the user needs the file and the line.
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error}).") from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: a preset must be UTF-8 text ({error.reason} at byte {error.start}).") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a preset must be a mapping of argument names to values.")
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
@@ -184,19 +232,31 @@ def read_preset(path: str | Path) -> dict:
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, KVCapTrainingArguments]:
-    """`[preset.yaml] [--key value ...]` → the three argument dataclasses; the command line overrides the preset."""
+    """`[preset] [--key value ...]` → the three argument dataclasses; the command line overrides the preset.
+
+    The preset is a YAML file or the name of one installed with kvcap (`demo`, `linear`, `mlp_2l`, `perceiver`,
+    `c_abstractor`). A mistake in the arguments exits with one line naming the file or argument (`parser.error`),
+    before any model loads.
+    """
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        # The preset's values become the parser's defaults, so they keep their YAML types and flags override them.
-        parser.set_defaults(**read_preset(argv.pop(0)))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not torch.cuda.is_available():
-        # Without use_cpu the processes of a CPU launch would each train alone, silently.
-        argv += ["--use_cpu", "true"]
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if argv and not argv[0].startswith("-"):
+            # The preset's values become the parser's defaults, so they keep their YAML types and flags override them.
+            parser.set_defaults(**read_preset(preset_path(argv.pop(0))))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1 and not torch.cuda.is_available():
+            # Without use_cpu the processes of a CPU launch would each train alone, silently.
+            argv += ["--use_cpu", "true"]
+        model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if unknown:
+        parser.error(f"unknown argument(s) {' '.join(unknown)} (see --help).")
     if not data_args.data_dir:
         parser.error("--data_dir (an AI-Hub corpus root) is required.")
     if training_args.push_to_hub and not training_args.hub_model_id:

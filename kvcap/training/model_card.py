@@ -156,3 +156,60 @@ def write_model_card(
     path = output_dir / "README.md"
     card.save(path)
     return path
+
+
+def write_adapter_card(adapter_dir: str | Path, config: Any, hub_id: str | None = None) -> Path:
+    """``adapter/README.md``: what the adapter is and the one way to load it (PEFT's blank template replaced).
+
+    ``AutoPeftModel`` cannot load it: its base is composed of two checkpoints and a projector, which no single
+    ``base_model_name_or_path`` names; the card says so and gives the load over the composed base.
+    """
+    adapter_dir = Path(adapter_dir)
+    hub_id = hub_id or "org/kvcap"
+    vision, text = config.vision_model_name_or_path, config.text_model_name_or_path
+    lines = [
+        f"# kvcap LoRA adapter — {config.projector_type}",
+        "",
+        f"The LoRA adapter of `{hub_id}`'s language model, with the trained `{config.projector_type}` projector "
+        "(saved whole, as `modules_to_save`). The folder above holds the same model with LoRA merged and loads in "
+        "one line; use this adapter to train on, or over your own copies of the base checkpoints.",
+        "",
+        "`AutoPeftModel.from_pretrained` cannot load it: the base model is composed of two checkpoints, "
+        f"`{vision}` (vision) and `{text}` (language), and a projector, which no single `base_model_name_or_path` "
+        "names. Compose the base with kvcap's own code (from the model repository, so kvcap need not be installed), "
+        "then load the adapter over it:",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoConfig",
+        "from transformers.dynamic_module_utils import get_class_from_dynamic_module",
+        "",
+        f'MODEL_ID = "{hub_id}"',
+        "config = AutoConfig.from_pretrained(MODEL_ID, trust_remote_code=True)",
+        'KVCap = get_class_from_dynamic_module("modeling_kvcap.KVCapForConditionalGeneration", MODEL_ID)',
+        "base = KVCap.from_pretrained_backbones(",
+        "    config.vision_model_name_or_path,",
+        "    config.text_model_name_or_path,",
+        "    video_token_id=config.video_token_id,",
+        "    **config.settings(),",
+        ")",
+        'model = PeftModel.from_pretrained(base, MODEL_ID, subfolder="adapter")  # is_trainable=True to train on',
+        "```",
+        "",
+        "For 4-bit NF4, as in training, pass `quantization_config=` (the `BitsAndBytesConfig` of the model card) "
+        "to `from_pretrained_backbones`.",
+    ]
+    card = ModelCard.from_template(
+        ModelCardData(
+            library_name="peft",
+            license=LICENSE,
+            language="ko",
+            base_model=hub_ids(text, vision) or None,
+            tags=[*TAGS, config.projector_type, "lora"],
+        ),
+        template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
+        body="\n".join(lines),
+    )
+    path = adapter_dir / "README.md"
+    card.save(path)
+    return path

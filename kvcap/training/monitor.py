@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD, diversity
+from kvcap.metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD, diversity
+
+from .tensorboard import captions_markdown, log_to_tensorboard
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,11 @@ class DiversityMonitorCallback(TrainerCallback):
         self.history.append({"step": state.global_step, **found, "captions": captions})
         if self.trainer is not None:
             self.trainer.log(found)
+            # The captions themselves, not only their diversity: a person reads what the model writes.
+            named = zip(self.videos, captions, strict=True)
+            rows = [{"video_id": _clip_name(video, i), "prediction": text} for i, (video, text) in enumerate(named)]
+            texts = {"eval/monitor_captions": captions_markdown(rows)}
+            log_to_tensorboard(self.trainer, state.global_step, texts=texts)
         unique = scores["num_unique"]
         if scores["collapsed"]:
             most_common, count = Counter(captions).most_common(1)[0]
@@ -81,3 +90,8 @@ class DiversityMonitorCallback(TrainerCallback):
                 control.should_training_stop = True
         elif speaks:
             logger.info(f"Caption diversity: {unique}/{len(captions)} distinct captions.")
+
+
+def _clip_name(video: Any, index: int) -> str:
+    """A clip's file stem when it is a path, else its position among the monitored clips."""
+    return Path(video).stem if isinstance(video, (str, Path)) else f"clip {index}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +16,17 @@ from transformers import set_seed
 from modeling_kvcap import KVCapForConditionalGeneration, kvcap_4bit_config
 from processing.processing_kvcap import KVCapProcessor
 
+from ..bitsandbytes_notice import note_cpu_4bit
 from ..corpus import open_split
+from ..cpu_threads import apply_cpu_threads
 from ..evaluation import ScoringArguments, evaluate_model, headline, records_from_dataset
 from ..generation import GenerationArguments, generate_captions, resolve_dtype
 from .arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
 from .collator import KVCapDataCollator
 from .export import check_hub_push, export_merged_model, push_folder
-from .model_card import write_model_card
+from .model_card import write_adapter_card, write_model_card
 from .monitor import DiversityMonitorCallback
+from .tensorboard import captions_markdown, log_to_tensorboard
 from .trainer import KVCapTrainer
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,8 @@ def build_model(model_args: ModelArguments, training_args: KVCapTrainingArgument
     device_map = None
     if quantization is not None and torch.cuda.is_available():
         device_map = {"": training_args.local_process_index}  # one full replica per DDP process
+    elif quantization is not None:
+        note_cpu_4bit(logger)
     model = KVCapForConditionalGeneration.from_pretrained_backbones(
         model_args.vision_model_name_or_path,
         model_args.text_model_name_or_path,
@@ -113,6 +119,8 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     """Parse arguments, prepare the data, build the model, the processor, the (cached) datasets and the trainer."""
     model_args, data_args, training_args = parse_arguments(argv)
     logging.getLogger("kvcap").setLevel(kvcap_log_level(training_args))
+    # First, so that the preparation step (the demo's pretraining) runs under the same policy as training.
+    logger.info(apply_cpu_threads(training_args.cpu_threads))
     if training_args.push_to_hub and training_args.process_index == 0:
         check_hub_push(training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
     with training_args.main_process_first(desc="data preparation"):
@@ -199,7 +207,24 @@ def final_evaluation(model: torch.nn.Module, processor: KVCapProcessor, run: Tra
     for line in headline(metrics):
         print(line)
     logger.info(f"Final evaluation: {', '.join(map(str, paths.values()))}")
+    log_final_evaluation(run.trainer, metrics, paths["predictions.jsonl"])
     return metrics
+
+
+def log_final_evaluation(trainer: Any, metrics: dict[str, Any], predictions: Path, num_captions: int = 16) -> None:
+    """The final evaluation's figures and its first captions, beside the run's TensorBoard events (if any)."""
+    rows = []
+    with predictions.open(encoding="utf-8") as handle:
+        for line in handle:
+            if len(rows) == num_captions:
+                break
+            rows.append(json.loads(line))
+    scalars = {f"final/{key.removeprefix('val_')}": value for key, value in card_metrics(metrics).items()}
+    log_dir = log_to_tensorboard(
+        trainer, trainer.state.global_step, scalars, {"final/captions": captions_markdown(rows)}
+    )
+    if log_dir is not None:
+        logger.info(f"Final figures and {len(rows)} sample captions written to TensorBoard in {log_dir}")
 
 
 def finish_run(run: TrainingRun) -> dict[str, Any]:
@@ -218,6 +243,7 @@ def finish_run(run: TrainingRun) -> dict[str, Any]:
         write_model_card(
             final_dir, merged.config, merged.generation_config, training_args, card, run.data_args.dataset_name
         )
+        write_adapter_card(final_dir / "adapter", merged.config, training_args.hub_model_id)
         logger.info(f"Final model: {final_dir}")
         if run.push_to_hub:
             url = push_folder(

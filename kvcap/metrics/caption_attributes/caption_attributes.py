@@ -2,8 +2,8 @@
 
 Built for kvcap's synthetic demo corpus, whose labels store what each clip shows (coloured shapes, their motion, the
 time of day, the category) as structured attributes. Self-contained so that
-``evaluate.load("metrics/caption_attributes")`` (which copies this one file) works as well as
-``from metrics.caption_attributes.caption_attributes import attribute_recall, attribute_report``.
+``evaluate.load("kvcap/metrics/caption_attributes")`` (which copies this one file) works as well as
+``from kvcap.metrics.caption_attributes.caption_attributes import attribute_recall, attribute_report``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _CITATION = """\
 @misc{kvcap_caption_attributes,
   title  = {Caption attributes: fact recall of generated captions on the kvcap demo corpus, with a chance floor},
   author = {{kvcap contributors}},
-  note   = {kvcap repository, metrics/caption_attributes},
+  note   = {kvcap repository, kvcap/metrics/caption_attributes},
 }
 """
 
@@ -52,7 +52,7 @@ Returns:
     held_out_object_recall (`float`): share of held-out colour x shape objects named (`nan` when there are none).
     num_held_out_objects (`int`).
 Examples:
-    >>> attributes = evaluate.load("metrics/caption_attributes")
+    >>> attributes = evaluate.load("kvcap/metrics/caption_attributes")
     >>> red = {"objects": [{"color": "빨간색", "shape": "원", "motion": "왼쪽에서 오른쪽으로"}],
     ...        "time_of_day_words": ["하늘색", "맑은 낮"], "category": "자연"}
     >>> out = attributes.compute(predictions=["맑은 낮, 빨간색 원이 왼쪽에서 오른쪽으로 갑니다."],
@@ -78,25 +78,64 @@ def derangement(n: int, seed: int = 0) -> list[int]:
     return order
 
 
-def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
-    """Fraction of the ground-truth facts a caption states: per-object colour+shape (as the adjacent phrase
-    "빨간색 원"), per-object motion (its phrase in the same sentence as the object), time of day (any of
-    ``time_of_day_words``: sky colour word or time phrase), and category. Returns values in [0, 1] plus their
-    mean under ``"all"``."""
+def attribute_facts(
+    text: str, attributes: dict[str, Any], vocabulary: dict[str, Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
+    """Each ground-truth fact and whether the caption states it, as the report marks them.
+
+    One ``{"kind", "expected", "named"}`` per fact: per object ``object`` (its colour + shape phrase, "빨간색 원") and
+    ``motion`` (its motion phrase in a sentence naming the object), then ``time_of_day`` and ``category``. With a
+    ``vocabulary`` (``{"colors": [...], "shapes": [...]}``, e.g. every label's), colour + shape phrases the caption
+    states that are not in the clip follow as ``{"kind": "wrong_object", "expected": None, "named": phrase}``.
+    """
     sentences = _sentences(text)
-    objs = attributes["objects"]
-    obj_hits = motion_hits = 0
-    for o in objs:
-        noun = f"{o['color']} {o['shape']}"
-        found = [s for s in sentences if _mentions_noun(s, noun)]
-        obj_hits += bool(found)
-        motion_hits += any(o["motion"] in s for s in found)
-    scores = {
-        "object": obj_hits / len(objs),
-        "motion": motion_hits / len(objs),
-        "time_of_day": float(any(word in text for word in attributes["time_of_day_words"])),
-        "category": float(attributes["category"] in text),
+    facts: list[dict[str, Any]] = []
+    for obj in attributes["objects"]:
+        noun = f"{obj['color']} {obj['shape']}"
+        found = [sentence for sentence in sentences if _mentions_noun(sentence, noun)]
+        facts.append({"kind": "object", "expected": noun, "named": bool(found)})
+        facts.append(
+            {"kind": "motion", "expected": f"{noun}: {obj['motion']}", "named": any(obj["motion"] in s for s in found)}
+        )
+    words = attributes["time_of_day_words"]
+    facts.append(
+        {
+            "kind": "time_of_day",
+            "expected": " / ".join(words),
+            "named": any(word in text for word in words),
+        }
+    )
+    facts.append({"kind": "category", "expected": attributes["category"], "named": attributes["category"] in text})
+    if vocabulary:
+        present = {f"{obj['color']} {obj['shape']}" for obj in attributes["objects"]}
+        for colour in vocabulary.get("colors", ()):
+            for shape in vocabulary.get("shapes", ()):
+                phrase = f"{colour} {shape}"
+                if phrase not in present and _mentions_noun_anywhere(text, phrase):
+                    facts.append({"kind": "wrong_object", "expected": None, "named": phrase})
+    return facts
+
+
+def attribute_vocabulary(attributes: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Every colour and shape the labels hold, longest first (so "연두색" is tried before a shorter colour)."""
+    colours = {obj["color"] for attrs in attributes for obj in attrs["objects"]}
+    shapes = {obj["shape"] for attrs in attributes for obj in attrs["objects"]}
+    return {
+        "colors": sorted(colours, key=lambda word: (-len(word), word)),
+        "shapes": sorted(shapes, key=lambda word: (-len(word), word)),
     }
+
+
+def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
+    """Fraction of the ground-truth facts a caption states (see :func:`attribute_facts`): per-object colour+shape
+    (as the adjacent phrase "빨간색 원"), per-object motion (its phrase in the same sentence as the object), time of
+    day (any of ``time_of_day_words``: sky colour word or time phrase), and category. Returns values in [0, 1] plus
+    their mean under ``"all"``."""
+    facts = attribute_facts(text, attributes)
+    scores = {}
+    for kind in ("object", "motion", "time_of_day", "category"):
+        named = [bool(fact["named"]) for fact in facts if fact["kind"] == kind]
+        scores[kind] = sum(named) / len(named)
     scores["all"] = sum(scores.values()) / len(scores)
     return scores
 

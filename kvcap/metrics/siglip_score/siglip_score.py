@@ -1,7 +1,7 @@
 """SigLIP score: how well each caption matches its clip's frames, under a SigLIP / SigLIP2 dual encoder.
 
-Self-contained so that ``evaluate.load("metrics/siglip_score")`` (which copies this one file) works as well as
-``from metrics.siglip_score.siglip_score import SiglipScore``.
+Self-contained so that ``evaluate.load("kvcap/metrics/siglip_score")`` (which copies this one file) works as well as
+``from kvcap.metrics.siglip_score.siglip_score import SiglipScore``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ Args:
     max_length (`int`, default 64): text length, padded and truncated to it.
     floor_seed (`int`, default 0): seed of the derangement used for `floor`.
     progress (`bool`, default True): tqdm progress bars.
-Init (`evaluate.load("metrics/siglip_score", ...)` or `SiglipScore(...)`):
+Init (`evaluate.load("kvcap/metrics/siglip_score", ...)` or `SiglipScore(...)`):
     model_name_or_path (`str`): Hub id or local folder; loaded once per (path, device, dtype) and cached.
     model, processor / image_processor, tokenizer: an already-loaded model (and its preprocessing) instead.
     device (`str`), dtype (`torch.dtype` or `str`): where and how to load the model.
@@ -75,7 +75,7 @@ Returns:
     truncated_fraction (`float`): share of scored texts longer than `max_length` tokens.
     num_texts (`int`): texts scored (captions, or sentences with `per_sentence`).
 Examples:
-    >>> siglip = evaluate.load("metrics/siglip_score")  # google/siglip2-so400m-patch14-384
+    >>> siglip = evaluate.load("kvcap/metrics/siglip_score")  # google/siglip2-so400m-patch14-384
     >>> out = siglip.compute(predictions=["바다 위로 배가 지나간다."], videos=[frames])  # frames: (8, H, W, 3) uint8
     >>> out["siglip_score"], out["clip_score"]
 """

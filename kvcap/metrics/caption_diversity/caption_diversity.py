@@ -1,7 +1,7 @@
 """Caption diversity: how many different captions a captioner writes, and how different they are.
 
-Self-contained so that ``evaluate.load("metrics/caption_diversity")`` (which copies this one file) works as well as
-``from metrics.caption_diversity.caption_diversity import CaptionDiversity``.
+Self-contained so that ``evaluate.load("kvcap/metrics/caption_diversity")`` (which copies this one file) works as
+well as ``from kvcap.metrics.caption_diversity.caption_diversity import CaptionDiversity``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ Returns:
     vocab_size (`int`): distinct tokens (lower-cased) over all captions.
     collapsed (`bool`), collapse_threshold (`float`), tokenizer (`str`).
 Examples:
-    >>> diversity = evaluate.load("metrics/caption_diversity")
+    >>> diversity = evaluate.load("kvcap/metrics/caption_diversity")
     >>> out = diversity.compute(predictions=["하늘이 맑다.", "하늘이 맑다.", "바다에 배가 떠 있다."])
     >>> round(out["unique_ratio"], 3), out["collapsed"]
     (0.667, False)

@@ -1,7 +1,7 @@
 """Korean METEOR: nltk's METEOR on Korean morphemes, offline, with a shuffled-reference floor.
 
-Self-contained so that ``evaluate.load("metrics/korean_meteor")`` (which copies this one file) works as well as
-``from metrics.korean_meteor.korean_meteor import KoreanMeteor``.
+Self-contained so that ``evaluate.load("kvcap/metrics/korean_meteor")`` (which copies this one file) works as well as
+``from kvcap.metrics.korean_meteor.korean_meteor import KoreanMeteor``.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ Returns:
     floor_scores (`list[float]`): those sentence scores.
     tokenizer (`str`), stemmer (`str`): what ran, with versions where they change the tokens.
 Examples:
-    >>> meteor = evaluate.load("metrics/korean_meteor")
+    >>> meteor = evaluate.load("kvcap/metrics/korean_meteor")
     >>> out = meteor.compute(predictions=["빨간 자동차가 도로를 달린다."],
     ...                      references=["빨간 자동차가 고속도로를 달리고 있다."])
     >>> sorted(out)

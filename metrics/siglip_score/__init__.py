@@ -1,1 +1,0 @@
-"""kvcap siglip_score metric; the module is also loadable with evaluate.load("metrics/siglip_score")."""
