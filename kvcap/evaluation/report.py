@@ -128,8 +128,13 @@ def _target_cards(metrics: dict[str, Any]) -> str:
     for name, target in metrics["targets"].items():
         floor = floors.get(name)
         extra = f"<div class='t'>floor {_fmt(floor)}</div>" if floor is not None else ""
-        # The full reason is in the notes above the cards; the card only says why the value is missing.
-        note = "<div class='t'>skipped</div>" if target.get("note") else ""
+        # A skipped metric's full reason is in the notes above the cards; the card only says why it is missing.
+        if target.get("note") and target["value"] is None:
+            note = "<div class='t'>skipped</div>"
+        elif target.get("note"):
+            note = f"<div class='t'>{escape(target['note'])}</div>"
+        else:
+            note = ""
         cards.append(
             f"<div class='card'><div class='t'>{escape(labels.get(name, name))}</div>"
             f"<div class='v'>{_fmt(target['value'])}</div>"

@@ -90,6 +90,7 @@ def siglip_clip_scores(
     ]
     per_clip: dict[int, tuple[float, float, float]] = {}
     floor_sum, floor_count, truncated_sum, text_count = 0.0, 0, 0.0, 0
+    floor_per_clip: dict[int, float] = {}
     for chunk in tqdm(_chunks(scored, chunk_clips), desc="kvcap: siglip", unit="chunk", disable=not progress):
         videos, kept = [], []
         for index, record in chunk:
@@ -110,6 +111,8 @@ def siglip_clip_scores(
         )
         for position, (index, _) in enumerate(kept):
             per_clip[index] = (out["scores"][position], out["cosines"][position], out["clip_scores"][position])
+            if out["floor_scores"]:
+                floor_per_clip[index] = out["floor_scores"][position]
         if out["floor"] is not None:
             floor_sum += out["floor"] * len(kept)
             floor_count += len(kept)
@@ -118,6 +121,7 @@ def siglip_clip_scores(
     return {
         "per_clip": per_clip,
         "floor": floor_sum / floor_count if floor_count else None,
+        "floor_per_clip": floor_per_clip,
         "truncated_fraction": truncated_sum / text_count if text_count else 0.0,
     }
 
@@ -155,6 +159,7 @@ def score_records(
         if siglip is not None:
             values = siglip["per_clip"].get(index)
             scores["siglip_score"], scores["siglip_cosine"], scores["clip_score"] = values or (None, None, None)
+            scores["siglip_floor"] = siglip.get("floor_per_clip", {}).get(index)
         if record.attributes:
             detail = attribute_recall(record.prediction, record.attributes)
             scores["attribute_recall"] = detail["all"]
@@ -190,21 +195,65 @@ def summarize(records: Sequence[ClipRecord]) -> dict[str, Any]:
     return summary
 
 
-def seed_targets(overall: dict[str, Any], siglip_note: str | None) -> dict[str, Any]:
-    """The seed's targets with this run's values and pass/fail (``None`` where the metric was not computed)."""
+def above_floor(scores: Sequence[float], floors: Sequence[float], seed: int = 0, resamples: int = 2000) -> float | None:
+    """The 95 % lower bound of ``mean(scores - floors)`` over clips (paired bootstrap); ``None`` with < 2 pairs.
+
+    Above zero means the captions score clearly better on their own clips than on other clips: the score reflects
+    the video, not shared phrasing.
+    """
+    differences = np.asarray(scores, dtype=float) - np.asarray(floors, dtype=float)
+    if differences.size < 2:
+        return None
+    generator = np.random.default_rng(seed)
+    means = differences[generator.integers(0, differences.size, (resamples, differences.size))].mean(axis=1)
+    return float(np.quantile(means, 0.05))
+
+
+def seed_targets(
+    overall: dict[str, Any], siglip_note: str | None, records: Sequence[ClipRecord] = ()
+) -> dict[str, Any]:
+    """The seed's targets with this run's values and pass/fail (``None`` where the metric was not computed).
+
+    A score with a shuffled floor (METEOR, SigLIP) passes only when it is above its target *and* clearly above its
+    floor (:func:`above_floor` > 0): a value over the target that shared phrasing alone reaches is no pass.
+    """
     values = {
         "meteor": overall.get("meteor"),
         "siglip_score": overall.get("siglip_score"),
         "diversity": overall["diversity"]["unique_ratio"],
     }
+    floor_keys = {"meteor": "meteor_floor", "siglip_score": "siglip_floor"}
     targets = {}
     for name, spec in SEED_TARGETS.items():
         value = values[name]
         entry = {**spec, "value": value, "passed": None if value is None else bool(value > spec["target"])}
+        if name in floor_keys and value is not None:
+            pairs = [
+                (r.scores[name], r.scores[floor_keys[name]])
+                for r in records
+                if r.scores.get(name) is not None and r.scores.get(floor_keys[name]) is not None
+            ]
+            bound = above_floor(*zip(*pairs, strict=True)) if len(pairs) >= 2 else None
+            entry["floor"] = overall.get(floor_keys[name])
+            entry["above_floor_lower_95"] = bound
+            entry["clearly_above_floor"] = None if bound is None else bound > 0
+            if entry["passed"] and bound is None:
+                entry["passed"] = None  # nothing to say it is above shared phrasing: not judged, rather than passed
+                entry["note"] = "no shuffled floor to compare with (fewer than 2 clips scored)"
+            elif entry["passed"] and not entry["clearly_above_floor"]:
+                entry["passed"] = False
+                entry["note"] = (
+                    f"above the target but not clearly above its shuffled floor ({_describe(entry['floor'])}; "
+                    f"95 % lower bound of the margin {_describe(bound)})"
+                )
         if name == "siglip_score" and value is None:
             entry["note"] = siglip_note
         targets[name] = entry
     return targets
+
+
+def _describe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def attribute_summary(records: Sequence[ClipRecord], seed: int = 0) -> dict[str, float] | None:
@@ -236,7 +285,7 @@ def compute_metrics(
     per_category = {
         category: summarize([r for r in records if (r.category or "(none)") == category]) for category in categories
     }
-    targets = seed_targets(overall, siglip_note)
+    targets = seed_targets(overall, siglip_note, records)
     passed = [t["passed"] for t in targets.values()]
     metrics = {
         "overall": overall,

@@ -72,6 +72,7 @@ Returns:
     cosine (`float`), cosines (`list[float]`): mean cosine over frames.
     clip_score (`float`), clip_scores (`list[float]`): mean over frames of 2.5 * max(cos, 0).
     floor (`float` or `None`): siglip_score with each clip paired to another clip's caption.
+    floor_scores (`list[float]`): those per-clip scores, for a paired comparison with `scores`.
     truncated_fraction (`float`): share of scored texts longer than `max_length` tokens.
     num_texts (`int`): texts scored (captions, or sentences with `per_sentence`).
 Examples:
@@ -288,7 +289,7 @@ def siglip_scores(
         texts = [text for clip_texts in texts_per_clip for text in clip_texts]
         text_owner = [clip for clip, clip_texts in enumerate(texts_per_clip) for _ in clip_texts]
         if not texts:
-            return _summary([], [], [], None, 0.0, 0)
+            return _summary([], [], [], [], 0.0, 0)
         image_embeds = embed_images(bundle, [f for frames in clip_frames for f in frames], batch_size, progress)
         text_embeds = embed_texts(bundle, texts, text_batch_size, max_length, progress)
         scale = model.logit_scale.detach().float().exp().cpu()
@@ -307,14 +308,14 @@ def siglip_scores(
         return sig.mean().item(), cos.mean().item(), clip_style.mean().item()
 
     per_clip = [score(clip, clip) for clip in range(len(predictions))]
-    floor = None
+    floor_scores: list[float] = []
     if len(predictions) >= 2:
         other = derangement(len(predictions), floor_seed)
-        floor = float(np.mean([score(clip, other[clip])[0] for clip in range(len(predictions))]))
+        floor_scores = [score(clip, other[clip])[0] for clip in range(len(predictions))]
     lengths = [len(ids) for ids in bundle.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
     truncated = sum(length > max_length for length in lengths) / len(lengths)
     scores, cosines, clip_scores = (list(column) for column in zip(*per_clip, strict=True))
-    return _summary(scores, cosines, clip_scores, floor, truncated, len(texts))
+    return _summary(scores, cosines, clip_scores, floor_scores, truncated, len(texts))
 
 
 def _group(owners: Sequence[int], count: int) -> list[list[int]]:
@@ -325,7 +326,12 @@ def _group(owners: Sequence[int], count: int) -> list[list[int]]:
 
 
 def _summary(
-    scores: list[float], cosines: list[float], clip_scores: list[float], floor: float | None, truncated: float, n: int
+    scores: list[float],
+    cosines: list[float],
+    clip_scores: list[float],
+    floor_scores: list[float],
+    truncated: float,
+    n: int,
 ) -> dict[str, Any]:
     def mean(values: list[float]) -> float:
         return float(np.mean(values)) if values else 0.0
@@ -337,7 +343,8 @@ def _summary(
         "cosines": cosines,
         "clip_score": mean(clip_scores),
         "clip_scores": clip_scores,
-        "floor": floor,
+        "floor": mean(floor_scores) if floor_scores else None,
+        "floor_scores": floor_scores,
         "truncated_fraction": truncated,
         "num_texts": n,
     }
