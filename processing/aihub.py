@@ -24,10 +24,12 @@ Usage: ``python -m processing.aihub ROOT [--split train val] [--tokenizer PATH_O
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import statistics
 import sys
 import unicodedata
@@ -257,7 +259,18 @@ def _list_files(split_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
     only that kind counts; if the split has no such subtree, files are taken from anywhere in it."""
     by_role: dict[str | None, tuple[list[Path], list[Path]]] = {None: ([], []), "label": ([], []), "video": ([], [])}
     archives: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(split_dir):
+    seen: set[tuple[int, int]] = set()
+    # Linked folders are followed (data is often linked in), each real folder once, so a link loop ends.
+    for dirpath, dirnames, filenames in os.walk(split_dir, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            dirnames.clear()
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            dirnames.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
         dirnames.sort()
         rel = Path(dirpath).relative_to(split_dir).parts
         role = next((r for r in map(_dir_role, rel) if r is not None), None)
@@ -351,8 +364,31 @@ def _metadata_json(label: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Videos
 # ---------------------------------------------------------------------------------------------------------
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (a link loop, a broken link, a named pipe...), or ``None``.
+
+    Checked with ``stat`` before anything opens the file: opening a named pipe blocks until a writer comes.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if os.path.islink(path):
+            return f"broken symbolic link (to {os.readlink(path)})"
+        return f"cannot stat: {e.strerror or e}"
+    if stat.S_ISREG(info.st_mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"))
+    kind = next((name for test, name in kinds if test(info.st_mode)), "not a file")
+    return f"not a regular file ({kind})"
+
+
 def _header_problem(path: Path) -> str | None:
     """Cheap container check: why the file is not a video, or ``None`` when its signature looks right."""
+    problem = _file_problem(path)
+    if problem is not None:
+        return problem
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -399,6 +435,63 @@ def _video_problems(paths: list[Path], mode: VideoCheck, num_workers: int | None
 # ---------------------------------------------------------------------------------------------------------
 # Scanning
 # ---------------------------------------------------------------------------------------------------------
+def _pairing_folder(path: Path, split_dir: Path) -> tuple[str, ...]:
+    """The folders that tell a clip's group apart, the same for its video and its label: role folders
+    (``videos``, ``01.원천데이터``...) dropped, AI-Hub's ``TS_``/``TL_``/``VS_``/``VL_`` prefixes stripped."""
+    try:
+        parts = path.parent.relative_to(split_dir).parts
+    except ValueError:
+        parts = path.parent.parts
+    kept = []
+    for part in map(_nfc, parts):
+        if re.match(r"^(TS|TL|VS|VL)_", part):
+            kept.append(part[3:])
+        elif _dir_role(part) is None:
+            kept.append(part)
+    return tuple(kept)
+
+
+def _pair_by_stem(
+    labels: list[tuple[Path, Path]], videos: list[tuple[Path, Path]], report: SplitReport
+) -> list[tuple[str, Path, Path]]:
+    """``(stem, label, video)`` pairs from ``(file, split folder)`` lists; what cannot be paired is reported.
+
+    A stem found once among labels and once among videos pairs as it is. A stem that repeats pairs only within the
+    same group folder (``videos/city/0001.mp4`` with ``labels/city/0001.json``), never across groups; the files of
+    a repeated stem left without a partner are skipped as ``duplicate_stem``.
+    """
+    label_groups: dict[str, list[tuple[Path, Path]]] = {}
+    video_groups: dict[str, list[tuple[Path, Path]]] = {}
+    for groups, found in ((label_groups, labels), (video_groups, videos)):
+        for path, split_dir in sorted(found, key=lambda item: (_nfc(item[0].stem), str(item[0]))):
+            groups.setdefault(_nfc(path.stem), []).append((path, split_dir))
+    pairs = []
+    for stem in sorted(label_groups.keys() | video_groups.keys()):
+        stem_labels, stem_videos = label_groups.get(stem, []), video_groups.get(stem, [])
+        if not stem_videos:
+            report.skipped[LABEL_WITHOUT_VIDEO] += [str(path) for path, _ in stem_labels]
+            continue
+        if not stem_labels:
+            report.skipped[VIDEO_WITHOUT_LABEL] += [str(path) for path, _ in stem_videos]
+            continue
+        if len(stem_labels) == len(stem_videos) == 1:
+            pairs.append((stem, stem_labels[0][0], stem_videos[0][0]))
+            continue
+        by_folder: dict[tuple[str, ...], tuple[list[Path], list[Path]]] = {}
+        for kind, found in ((0, stem_labels), (1, stem_videos)):
+            for path, split_dir in found:
+                by_folder.setdefault(_pairing_folder(path, split_dir), ([], []))[kind].append(path)
+        everywhere = ", ".join(str(path) for path, _ in [*stem_labels, *stem_videos])
+        for folder_labels, folder_videos in by_folder.values():
+            if len(folder_labels) == len(folder_videos) == 1:
+                pairs.append((stem, folder_labels[0], folder_videos[0]))
+                continue
+            for path in [*folder_labels, *folder_videos]:
+                report.skipped[DUPLICATE_STEM].append(str(path))
+                report.details[str(path)] = f"stem {stem} repeats ({everywhere}); no single partner in its folder"
+    return pairs
+
+
 def _scan_split(
     root: str | os.PathLike,
     split: str,
@@ -408,37 +501,26 @@ def _scan_split(
 ) -> tuple[list[dict[str, str | None]], SplitReport]:
     canon = canonical_split(split)
     report = SplitReport(split=canon, video_check=video_check)
-    labels: list[Path] = []
-    videos: list[Path] = []
+    labels: list[tuple[Path, Path]] = []
+    videos: list[tuple[Path, Path]] = []
     for d in find_split_dirs(root, split):
         report.split_dirs.append(str(d))
         lab, vid, arc = _list_files(d)
-        labels += lab
-        videos += vid
+        labels += [(path, d) for path in lab]
+        videos += [(path, d) for path in vid]
         report.archives += [str(p) for p in arc]
     report.num_labels, report.num_videos = len(labels), len(videos)
 
-    def by_stem(paths: list[Path]) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for p in sorted(paths, key=lambda p: (_nfc(p.stem), str(p))):
-            stem = _nfc(p.stem)
-            if stem in out:
-                report.skipped[DUPLICATE_STEM].append(str(p))
-                report.details[str(p)] = f"same stem as {out[stem]}"
-            else:
-                out[stem] = p
-        return out
-
-    label_by_stem, video_by_stem = by_stem(labels), by_stem(videos)
-    for stem in sorted(label_by_stem.keys() - video_by_stem.keys()):
-        report.skipped[LABEL_WITHOUT_VIDEO].append(str(label_by_stem[stem]))
-    for stem in sorted(video_by_stem.keys() - label_by_stem.keys()):
-        report.skipped[VIDEO_WITHOUT_LABEL].append(str(video_by_stem[stem]))
+    pairs = _pair_by_stem(labels, videos, report)
 
     encodings: Counter[str] = Counter()
     candidates: list[dict[str, str | None]] = []
-    for stem in sorted(label_by_stem.keys() & video_by_stem.keys()):
-        lpath, vpath = label_by_stem[stem], video_by_stem[stem]
+    for stem, lpath, vpath in pairs:
+        problem = _file_problem(lpath)
+        if problem is not None:
+            report.skipped[UNREADABLE_JSON].append(str(lpath))
+            report.details[str(lpath)] = problem
+            continue
         try:
             label, enc = read_label(lpath)
         except (ValueError, OSError) as e:
@@ -456,8 +538,9 @@ def _scan_split(
         candidates.append(
             {
                 "video_id": stem,
-                "video_path": str(vpath.resolve()),
-                "label_path": str(lpath.resolve()),
+                # Absolute, links kept: resolving would fail on a link loop and hide the path the user gave.
+                "video_path": os.path.abspath(vpath),
+                "label_path": os.path.abspath(lpath),
                 "caption": caption,
                 "category": _category(label),
                 "metadata": _metadata_json(label),
@@ -531,6 +614,15 @@ def _warn(report: SplitReport, root: str | os.PathLike) -> None:
         )
     if not report.split_dirs:
         logger.warning("kvcap AI-Hub %s: no folder for split %r found", root, report.split)
+    if report.archives:
+        logger.warning(
+            "kvcap AI-Hub %s [%s]: %d archive(s) not extracted (e.g. %s): their clips are not in this split; "
+            "extract them where they lie",
+            root,
+            report.split,
+            len(report.archives),
+            report.archives[0],
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -43,11 +43,13 @@ Behaviour worth knowing:
 from __future__ import annotations
 
 import bisect
+import errno
 import itertools
 import logging
 import math
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,11 +226,18 @@ def _open(path: str | os.PathLike[str], *, fast: bool = False) -> av.container.I
     order does not matter. Frame reading opens normally, as a plain sequential decode would.
     """
     name = os.fspath(path)
-    if not os.path.exists(name):
-        raise VideoReadError(name, "file not found")
-    if not os.path.isfile(name):
-        raise VideoReadError(name, "not a regular file")
-    if os.path.getsize(name) == 0:
+    try:
+        info = os.stat(name)  # follows links; never opens, so a named pipe cannot block here
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VideoReadError(name, "symbolic link loop") from exc
+        if os.path.islink(name):
+            raise VideoReadError(name, f"broken symbolic link (to {os.readlink(name)})") from exc
+        raise VideoReadError(name, "file not found" if exc.errno == errno.ENOENT else f"cannot stat ({exc})") from exc
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode) else None
+        raise VideoReadError(name, f"not a regular file ({kind})" if kind else "not a regular file")
+    if info.st_size == 0:
         raise VideoReadError(name, "empty file (0 bytes)")
     try:
         return av.open(name, mode="r", options={"skip_frame": "all"} if fast else None)
@@ -245,6 +254,11 @@ def _ffmpeg_message(exc: BaseException) -> str:
 
 
 def _video_stream(container: av.container.InputContainer, path: str | os.PathLike[str]) -> av.video.VideoStream:
+    # FFmpeg opens a still image (PNG, JPEG, WebP, ... renamed .mp4) as a one-frame video through its image
+    # demuxers; read as a clip, it would be 8 copies of one picture, captioned as if it moved.
+    demuxer = container.format.name
+    if demuxer.endswith("_pipe") or demuxer in ("image2", "image2pipe"):
+        raise VideoReadError(path, f"a still image ({demuxer.removesuffix('_pipe')}), not a video")
     # Cover art in audio files shows up as a one-picture video stream; it is not a video.
     candidates = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not candidates:

@@ -258,3 +258,99 @@ def test_duplicate_stems_and_archives_reported(demo: Path, tmp_path: Path) -> No
     )
     assert split.archives == [str(base / "01.원천데이터" / "TS_c.zip")]
     assert "unextracted archives (1)" in report.format()
+
+
+def _scan_within(seconds: float, *args, **kwargs):
+    """``load_aihub(*args, return_report=True)`` that must finish in ``seconds`` (a blocked open would hang)."""
+    import threading
+
+    result: dict = {}
+
+    def scan() -> None:
+        try:
+            result["value"] = aihub.load_aihub(*args, return_report=True, **kwargs)
+        except BaseException as error:  # re-raised in the test's thread
+            result["error"] = error
+
+    worker = threading.Thread(target=scan, daemon=True)  # a hung scan must not keep pytest from exiting
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"the corpus scan did not finish in {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _copy_split(demo: Path, dest: Path, split: str = "train") -> tuple[Path, Path]:
+    videos, labels = dest / split / "videos", dest / split / "labels"
+    shutil.copytree(demo / split / "videos", videos)
+    shutil.copytree(demo / split / "labels", labels)
+    return videos, labels
+
+
+def test_named_pipes_and_link_loops_are_skipped_and_named_not_hung_on(demo: Path, tmp_path: Path) -> None:
+    videos, labels = _copy_split(demo, tmp_path)
+    stems = sorted(p.stem for p in videos.glob("*.mp4"))
+    os.mkfifo(videos / "pipe.mp4")
+    shutil.copy(labels / f"{stems[0]}.json", labels / "pipe.json")
+    (videos / "loop.mp4").symlink_to(videos / "loop2.mp4")
+    (videos / "loop2.mp4").symlink_to(videos / "loop.mp4")
+    shutil.copy(labels / f"{stems[0]}.json", labels / "loop.json")
+    (labels / stems[1]).with_suffix(".json").unlink()
+    os.mkfifo(labels / f"{stems[1]}.json")  # a label that is a pipe blocks a read as much as a video
+    (tmp_path / "train" / "videos" / "again").symlink_to(videos, target_is_directory=True)  # a folder loop
+
+    for check in ("header", "probe"):
+        ds, report = _scan_within(60, tmp_path, "train", video_check=check)
+        split = report.splits["train"]
+        assert len(ds) == len(stems) - 1
+        assert split.details[str(videos / "pipe.mp4")] == "not a regular file (a named pipe)"
+        assert split.details[str(videos / "loop.mp4")] == "symbolic link loop"
+        assert split.details[str(labels / f"{stems[1]}.json")] == "not a regular file (a named pipe)"
+        assert str(labels / f"{stems[1]}.json") in split.skipped[aihub.UNREADABLE_JSON]
+        assert {str(videos / "pipe.mp4"), str(videos / "loop.mp4")} <= set(split.skipped[aihub.UNREADABLE_VIDEO])
+
+
+def test_a_linked_data_folder_is_followed(demo: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "disk2"
+    videos, labels = _copy_split(demo, elsewhere)
+    (tmp_path / "corpus" / "train").mkdir(parents=True)
+    (tmp_path / "corpus" / "train" / "videos").symlink_to(videos, target_is_directory=True)
+    (tmp_path / "corpus" / "train" / "labels").symlink_to(labels, target_is_directory=True)
+    ds, report = _scan_within(60, tmp_path / "corpus", "train")
+    assert len(ds) == len(list(videos.glob("*.mp4"))) and report.splits["train"].num_skipped == 0
+    assert ds[0]["video_path"].startswith(str(tmp_path / "corpus" / "train" / "videos"))  # the path as given
+
+
+def test_a_repeated_stem_pairs_only_within_its_folder(demo: Path, tmp_path: Path) -> None:
+    src_video = sorted((demo / "train" / "videos").glob("*.mp4"))[0]
+    src_label = demo / "train" / "labels" / f"{src_video.stem}.json"
+    base = tmp_path / "train"
+    for group in ("city", "nature"):
+        (base / "videos" / group).mkdir(parents=True)
+        shutil.copy(src_video, base / "videos" / group / "0001.mp4")
+    (base / "labels" / "nature").mkdir(parents=True)
+    shutil.copy(src_label, base / "labels" / "nature" / "0001.json")
+    (base / "videos" / "solo").mkdir()
+    shutil.copy(src_video, base / "videos" / "solo" / "0002.mp4")
+    (base / "labels" / "elsewhere").mkdir()
+    shutil.copy(src_label, base / "labels" / "elsewhere" / "0002.json")  # unique stem: pairs across folders
+
+    ds, report = aihub.load_aihub(tmp_path, "train", return_report=True)
+    split = report.splits["train"]
+    paired = {row["video_id"]: (row["video_path"], row["label_path"]) for row in ds}
+    assert paired["0001"] == (
+        str(base / "videos" / "nature" / "0001.mp4"),
+        str(base / "labels" / "nature" / "0001.json"),
+    )
+    assert paired["0002"][0].endswith("solo/0002.mp4")
+    assert split.skipped[aihub.DUPLICATE_STEM] == [str(base / "videos" / "city" / "0001.mp4")]
+    assert "no single partner in its folder" in split.details[str(base / "videos" / "city" / "0001.mp4")]
+
+
+def test_unextracted_archives_are_said_by_load_aihub(demo: Path, tmp_path: Path, caplog) -> None:
+    _copy_split(demo, tmp_path)
+    (tmp_path / "train" / "TS_2.zip").write_bytes(b"PK\x03\x04")
+    with caplog.at_level(logging.WARNING, logger="processing.aihub"):
+        aihub.load_aihub(tmp_path, "train")
+    assert "1 archive(s) not extracted" in caplog.text and "TS_2.zip" in caplog.text

@@ -345,12 +345,16 @@ def test_saved_predictions_score_again_from_another_directory_and_without_a_vide
     # The corpus given as a relative path, as a preset's `outputs/demo-assets/corpus` is.
     copy = tmp_path / "work" / "corpus"
     shutil.copytree(corpus, copy)
+    (copy / "val" / "VS_2.zip").write_bytes(b"PK\x03\x04")  # a part of the corpus left unextracted
     monkeypatch.chdir(copy.parent)
     out = tmp_path / "eval"
     argv = ["--model_name_or_path", str(checkpoint), "--data_dir", "corpus", "--output_dir", str(out)]
     assert eval_hf.main([*argv, *GENERATION_ARGS]) == 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert all(Path(row["video_path"]).is_absolute() for row in rows)
+    scan = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["dataset_scan"]
+    assert scan["archives"] == [str(Path("corpus") / "val" / "VS_2.zip")]
+    assert "1 archive(s) not extracted" in (out / "report.html").read_text(encoding="utf-8")
 
     monkeypatch.chdir(tmp_path)
     again = tmp_path / "again"

@@ -123,10 +123,14 @@ def test_resume_in_stage_two_equals_an_uninterrupted_run(tiny_backbones, corpus,
     checkpoint = tmp_path / "resumed" / "checkpoint-6"
     assert checkpoint.is_dir()
 
-    resumed = train_hf.prepare_run(run_argv(tiny_backbones, corpus, tmp_path / "resumed", **common))
+    # A save cut short after the last complete one (no trainer_state.json) is passed over by `true`.
+    (tmp_path / "resumed" / "checkpoint-7").mkdir()
+    argv = run_argv(tiny_backbones, corpus, tmp_path / "resumed", resume_from_checkpoint="true", **common)
+    resumed = train_hf.prepare_run(argv)
+    assert resumed.training_args.resume_from_checkpoint == str(checkpoint)
     recorder = StepRecorder()
     resumed.trainer.add_callback(recorder)
-    resumed.trainer.train(resume_from_checkpoint=str(checkpoint))
+    resumed.trainer.train(resume_from_checkpoint=resumed.training_args.resume_from_checkpoint)
     assert [entry["step"] for entry in recorder.steps] == [6, 7]
     assert all(all(entry["trainable"][LORA]) and all(entry["grads"][LORA]) for entry in recorder.steps)
     schedule = resumed.trainer.stage_callback.schedule
@@ -257,6 +261,49 @@ def test_installed_presets_are_found_by_name():
     by_path = parse_arguments([str(PRESETS_DIR / "demo.yaml"), "--output_dir", "/tmp/kvcap-x"])
     assert by_name[0] == by_path[0] and by_name[1] == by_path[1]
     assert parse_arguments(["perceiver", "--data_dir", "/d", "--bf16", "false"])[0].projector_type == "perceiver"
+
+
+def _previous_run(folder: Path) -> None:
+    """A used output_dir: a complete checkpoint, one cut short, final/, eval/ and a file of the user's."""
+    (folder / "checkpoint-2").mkdir(parents=True)
+    (folder / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (folder / "checkpoint-4").mkdir()  # killed while saving: no trainer_state.json
+    for name in ("final", "eval"):
+        (folder / name).mkdir()
+        (folder / name / "x.json").write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+
+
+def test_a_used_output_dir_is_refused_unless_the_run_resumes_or_replaces_it(tmp_path, capsys):
+    folder = tmp_path / "run"
+    _previous_run(folder)
+    base = ["--data_dir", "/data/aihub", "--output_dir", str(folder)]
+    line = refusal(base, capsys)
+    assert f"--output_dir {folder} holds a previous run (checkpoint-2, checkpoint-4, eval, final, notes.txt)" in line
+    assert "--resume_from_checkpoint true" in line and "--overwrite_output_dir true" in line
+    # `true` is the Trainer's "the last checkpoint": the last complete one, and it is found before any model loads.
+    resumed = parse_arguments([*base, "--resume_from_checkpoint", "true"])[2]
+    assert resumed.resume_from_checkpoint == str(folder / "checkpoint-2")
+    assert parse_arguments([*base, "--resume_from_checkpoint", "false", "--overwrite_output_dir", "true"])[2]
+    partial = str(folder / "checkpoint-4")
+    assert "not a complete checkpoint" in refusal([*base, "--resume_from_checkpoint", partial], capsys)
+    assert "no such checkpoint folder" in refusal([*base, "--resume_from_checkpoint", str(tmp_path / "nope")], capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = refusal(["--data_dir", "/d", "--output_dir", str(empty), "--resume_from_checkpoint", "true"], capsys)
+    assert f"{empty} holds no complete checkpoint" in line
+    assert parse_arguments(["--data_dir", "/d", "--output_dir", str(empty)])[2].resume_from_checkpoint is None
+
+
+def test_overwrite_removes_only_what_a_run_writes(tmp_path, caplog):
+    from kvcap.training.run import clear_previous_run
+
+    folder = tmp_path / "run"
+    _previous_run(folder)
+    with caplog.at_level("WARNING", logger="kvcap.training.run"):
+        clear_previous_run(folder)
+    assert sorted(path.name for path in folder.iterdir()) == ["notes.txt"]
+    assert "removed the previous run's checkpoint-2, checkpoint-4, final, eval" in caplog.text
 
 
 def test_num_train_epochs_other_than_the_stages_is_refused(capsys):

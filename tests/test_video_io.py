@@ -7,6 +7,7 @@ its frame number drawn as a binary bar, so a wrong frame cannot pass a pixel com
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import struct
 from dataclasses import dataclass, field
@@ -391,6 +392,22 @@ def _bad_file(kind: str, clip_dir: Path, tmp_path: Path) -> Path:
         pos, size = _first_keyframe_packet(source)
         # The whole packet: x264 puts a long text SEI first, and noise confined to it harms nothing.
         return corrupt_copy(source, tmp_path / "damaged.mp4", start_byte=pos, length=size)
+    if kind in ("png_renamed_mp4", "jpeg_renamed_mp4"):
+        from PIL import Image
+
+        path = tmp_path / f"{kind.split('_')[0]}.mp4"
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(path, format=kind.split("_")[0].upper())
+        return path
+    if kind == "named_pipe":
+        os.mkfifo(tmp_path / "pipe.mp4")  # opening it for reading would block until a writer comes
+        return tmp_path / "pipe.mp4"
+    if kind == "symlink_loop":
+        (tmp_path / "loop_a.mp4").symlink_to(tmp_path / "loop_b.mp4")
+        (tmp_path / "loop_b.mp4").symlink_to(tmp_path / "loop_a.mp4")
+        return tmp_path / "loop_a.mp4"
+    if kind == "broken_symlink":
+        (tmp_path / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+        return tmp_path / "gone.mp4"
     if kind == "corrupt_header":
         source = clip_path("faststart_mp4", clip_dir)
         return corrupt_copy(source, tmp_path / "damaged_header.mp4", start_byte=0, length=256)
@@ -410,6 +427,11 @@ BAD_KINDS = [
     "truncated_mkv",
     "corrupt_first_keyframe",
     "corrupt_header",
+    "png_renamed_mp4",
+    "jpeg_renamed_mp4",
+    "named_pipe",
+    "symlink_loop",
+    "broken_symlink",
 ]
 
 
@@ -436,10 +458,18 @@ def test_bad_input_raises_video_read_error(kind: str, reader: str, clip_dir: Pat
 
 def test_bad_input_reasons_say_what_is_wrong(clip_dir: Path, tmp_path: Path) -> None:
     reasons = {}
-    for kind in ["missing", "zero_bytes", "text_file", "audio_only", "truncated_faststart_mp4", "truncated_mkv"]:
+    kinds = ["missing", "zero_bytes", "text_file", "audio_only", "truncated_faststart_mp4", "truncated_mkv"]
+    kinds += ["png_renamed_mp4", "jpeg_renamed_mp4", "named_pipe", "symlink_loop", "broken_symlink", "directory"]
+    for kind in kinds:
         with pytest.raises(VideoReadError) as caught:
             read_video_frames(_bad_file(kind, clip_dir, tmp_path), num_frames=4)
         reasons[kind] = caught.value.reason
+    assert reasons["png_renamed_mp4"] == "a still image (png), not a video"
+    assert reasons["jpeg_renamed_mp4"] == "a still image (jpeg), not a video"
+    assert reasons["named_pipe"] == "not a regular file (a named pipe)"
+    assert reasons["directory"] == "not a regular file (a directory)"
+    assert reasons["symlink_loop"] == "symbolic link loop"
+    assert reasons["broken_symlink"].startswith("broken symbolic link")
     assert "not found" in reasons["missing"]
     assert "0 bytes" in reasons["zero_bytes"]
     assert "not a readable media file" in reasons["text_file"]

@@ -98,6 +98,7 @@ def load_split_records(
         "skipped": split_report.counts(),
         "skipped_paths": {reason: paths for reason, paths in split_report.skipped.items() if paths},
         "skipped_details": split_report.details,
+        "archives": split_report.archives,  # not extracted: their clips are missing from the split
     }
     return records_from_dataset(dataset, max_samples), scan
 

@@ -234,6 +234,12 @@ def _warnings(metrics: dict[str, Any], clips: Sequence[dict[str, Any]]) -> str:
     if skipped:
         listed = ", ".join(f"{escape(reason)} {n}" for reason, n in skipped.items())
         parts.append(f"<div class='note'>The corpus scan skipped files: {listed} (paths in metrics.json).</div>")
+    archives = scan.get("archives") or []
+    if archives:
+        parts.append(
+            f"<div class='warn'><b>{len(archives)} archive(s) not extracted</b> next to the data (e.g. "
+            f"<span class='mono'>{escape(archives[0])}</span>): their clips are not in this evaluation.</div>"
+        )
     return "".join(parts)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -140,6 +141,13 @@ class KVCapTrainingArguments(TrainingArguments):
         },
     )
     final_eval: bool = field(default=True, metadata={"help": "Caption the validation set at the end and score it."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the previous run in a used --output_dir (its checkpoint-*, final/ and eval/ are removed). "
+            "Without it, or --resume_from_checkpoint, a non-empty --output_dir is refused."
+        },
+    )
     cpu_threads: int | None = field(
         default=None,
         metadata={
@@ -231,6 +239,68 @@ def read_preset(path: str | Path) -> dict:
     return values
 
 
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+# What a run writes into its output_dir; --overwrite_output_dir removes these, and only these.
+RUN_OUTPUTS = ("final", "eval")
+RESUME_LAST = {"true", "last", "yes", "1"}
+RESUME_NONE = {"", "false", "no", "0", "none"}
+
+
+def checkpoints_in(output_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """``(complete, partial)`` checkpoint folders by step; a complete one has ``trainer_state.json``.
+
+    A checkpoint whose save was cut short (a kill, a full disk) has no ``trainer_state.json``, written last: resuming
+    from it would fail or resume wrongly, so it is never picked.
+    """
+    folder = Path(output_dir)
+    found = (
+        sorted(
+            (path for path in folder.iterdir() if path.is_dir() and CHECKPOINT_NAME.match(path.name)),
+            key=lambda path: int(CHECKPOINT_NAME.match(path.name).group(1)),
+        )
+        if folder.is_dir()
+        else []
+    )
+    complete = [path for path in found if (path / "trainer_state.json").is_file()]
+    return complete, [path for path in found if path not in complete]
+
+
+def resolve_resume(value: str | None, output_dir: str | Path) -> str | None:
+    """``--resume_from_checkpoint`` as a folder: ``true``/``last`` is the last complete checkpoint in ``output_dir``
+    (the Trainer's convention), ``false`` none, anything else a checkpoint folder that must be complete."""
+    if value is None or value.strip().lower() in RESUME_NONE:
+        return None
+    if value.strip().lower() in RESUME_LAST:
+        complete, partial = checkpoints_in(output_dir)
+        if not complete:
+            cut = f" ({', '.join(p.name for p in partial)} cut short, without trainer_state.json)" if partial else ""
+            raise ValueError(f"--resume_from_checkpoint {value}: {output_dir} holds no complete checkpoint{cut}.")
+        return str(complete[-1])
+    path = Path(value)
+    if not path.is_dir():
+        raise ValueError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
+    if not (path / "trainer_state.json").is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: not a complete checkpoint (no trainer_state.json; its save was cut "
+            "short); pass an earlier checkpoint-N or `true` for the last complete one."
+        )
+    return str(path)
+
+
+def check_output_dir(training_args: KVCapTrainingArguments) -> None:
+    """Refuse a used ``output_dir`` unless the run resumes it or replaces it: a run never destroys another."""
+    folder = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint or training_args.overwrite_output_dir or not folder.is_dir():
+        return
+    used = sorted(path.name for path in folder.iterdir())
+    if used:
+        shown = ", ".join(used[:5]) + (f" and {len(used) - 5} more" if len(used) > 5 else "")
+        raise ValueError(
+            f"--output_dir {folder} holds a previous run ({shown}): pass --resume_from_checkpoint true to continue "
+            "it, --overwrite_output_dir true to replace it, or another --output_dir."
+        )
+
+
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, KVCapTrainingArguments]:
     """`[preset] [--key value ...]` → the three argument dataclasses; the command line overrides the preset.
 
@@ -253,6 +323,11 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
             args=argv, return_remaining_strings=True
         )
+        if not unknown:
+            training_args.resume_from_checkpoint = resolve_resume(
+                training_args.resume_from_checkpoint, training_args.output_dir
+            )
+            check_output_dir(training_args)
     except ValueError as error:
         parser.error(str(error))
     if unknown:

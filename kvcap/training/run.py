@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ from ..corpus import open_split
 from ..cpu_threads import apply_cpu_threads
 from ..evaluation import ScoringArguments, evaluate_model, headline, records_from_dataset
 from ..generation import GenerationArguments, generate_captions, resolve_dtype
-from .arguments import DataArguments, KVCapTrainingArguments, ModelArguments, parse_arguments
+from .arguments import (
+    RUN_OUTPUTS,
+    DataArguments,
+    KVCapTrainingArguments,
+    ModelArguments,
+    checkpoints_in,
+    parse_arguments,
+)
 from .collator import KVCapDataCollator
 from .export import check_hub_push, export_merged_model, push_folder
 from .model_card import write_adapter_card, write_model_card
@@ -115,12 +123,31 @@ class TrainingRun:
     push_to_hub: bool
 
 
+def clear_previous_run(output_dir: str | Path) -> None:
+    """``--overwrite_output_dir``: remove the previous run's checkpoints, ``final/`` and ``eval/``, saying so.
+
+    Only what a run writes goes; anything else in the folder stays. Without this, checkpoint rotation would delete
+    the old run's checkpoints one by one, and a resume could pick the other run's last checkpoint.
+    """
+    folder = Path(output_dir)
+    complete, partial = checkpoints_in(folder)
+    doomed = [*complete, *partial, *(folder / name for name in RUN_OUTPUTS if (folder / name).exists())]
+    for path in doomed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if doomed:
+        logger.warning(
+            f"--overwrite_output_dir: removed the previous run's {', '.join(p.name for p in doomed)} in {folder}"
+        )
+
+
 def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     """Parse arguments, prepare the data, build the model, the processor, the (cached) datasets and the trainer."""
     model_args, data_args, training_args = parse_arguments(argv)
     logging.getLogger("kvcap").setLevel(kvcap_log_level(training_args))
     # First, so that the preparation step (the demo's pretraining) runs under the same policy as training.
     logger.info(apply_cpu_threads(training_args.cpu_threads))
+    if training_args.overwrite_output_dir and training_args.process_index == 0:
+        clear_previous_run(training_args.output_dir)
     if training_args.push_to_hub and training_args.process_index == 0:
         check_hub_push(training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
     with training_args.main_process_first(desc="data preparation"):
