@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import fields
@@ -605,3 +606,25 @@ def test_a_preparation_step_that_draws_random_numbers_does_not_change_the_run(ti
     assert projectors[0].keys() == projectors[1].keys()
     for name in projectors[0]:
         assert torch.equal(projectors[0][name], projectors[1][name]), name
+
+
+def test_without_the_feature_cache_a_bad_clip_is_skipped_not_fatal(tiny_backbones, tmp_path, caplog):
+    from kvcap.demo.video_clips import corrupt_first_keyframe, truncate_copy
+
+    corpus = tmp_path / "corpus"
+    generate_corpus(corpus, num_train=8, num_val=2, seed=0)
+    videos, labels = corpus / "train" / "videos", corpus / "train" / "labels"
+    source = sorted(videos.glob("*.mp4"))[0]
+    # One clip that a probe catches (truncated: no index), one that only decoding does (a damaged keyframe).
+    truncate_copy(source, videos / "cut.mp4", 0.5)
+    corrupt_first_keyframe(source, videos / "damaged.mp4")
+    for stem in ("cut", "damaged"):
+        shutil.copy(labels / f"{source.stem}.json", labels / f"{stem}.json")
+    argv = run_argv(tiny_backbones, corpus, tmp_path / "run", use_feature_cache=False, per_device_train_batch_size=5)
+    with caplog.at_level("WARNING"):
+        run = train_hf.prepare_run(argv)
+        assert len(run.trainer.train_dataset) == 9  # the truncated clip is skipped when the split is opened
+        run.trainer.train()
+    assert run.trainer.state.global_step == 4  # both epochs, every step
+    assert "unreadable_video=1" in caplog.text and "damaged.mp4" in caplog.text
+    assert "Skipped a clip that cannot be decoded" in caplog.text

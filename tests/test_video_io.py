@@ -22,6 +22,7 @@ from transformers.video_utils import VideoMetadata, default_sample_indices_fn, l
 
 from kvcap.demo.video_clips import (
     corrupt_copy,
+    corrupt_first_keyframe,
     decode_all_rgb,
     frame_number,
     hide_leading_frames,
@@ -357,14 +358,6 @@ def test_argument_validation(clip_dir: Path) -> None:
 # Bad input
 
 
-def _first_keyframe_packet(path: Path) -> tuple[int, int]:
-    with av.open(str(path)) as container:
-        for packet in container.demux(container.streams.video[0]):
-            if packet.size and packet.is_keyframe:
-                return packet.pos, packet.size
-    raise AssertionError("no keyframe")
-
-
 def _bad_file(kind: str, clip_dir: Path, tmp_path: Path) -> Path:
     if kind == "missing":
         return tmp_path / "does_not_exist.mp4"
@@ -388,10 +381,7 @@ def _bad_file(kind: str, clip_dir: Path, tmp_path: Path) -> Path:
     if kind == "truncated_mkv":
         return truncate_copy(clip_path("mkv", clip_dir), tmp_path / "cut.mkv", 0.5)
     if kind == "corrupt_first_keyframe":
-        source = clip_path("keyframe_every_6", clip_dir)
-        pos, size = _first_keyframe_packet(source)
-        # The whole packet: x264 puts a long text SEI first, and noise confined to it harms nothing.
-        return corrupt_copy(source, tmp_path / "damaged.mp4", start_byte=pos, length=size)
+        return corrupt_first_keyframe(clip_path("keyframe_every_6", clip_dir), tmp_path / "damaged.mp4")
     if kind in ("png_renamed_mp4", "jpeg_renamed_mp4"):
         from PIL import Image
 

@@ -363,3 +363,16 @@ def corrupt_copy(
     dst = Path(dst)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def corrupt_first_keyframe(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy ``src`` to ``dst`` with its first keyframe's packet replaced by noise: the file demuxes (a probe
+    passes, every frame is counted) but does not decode."""
+    with av.open(os.fspath(src)) as container:
+        packets = container.demux(container.streams.video[0])
+        key = next((packet for packet in packets if packet.size and packet.is_keyframe), None)
+        if key is None:
+            raise ValueError(f"{src}: no keyframe")
+        # The whole packet: x264 puts a long text SEI first, and noise confined to it harms nothing.
+        position, size = key.pos, key.size
+    return corrupt_copy(src, dst, start_byte=position, length=size)

@@ -104,7 +104,10 @@ def build_processor(model_args: ModelArguments, data_args: DataArguments, config
 
 
 def load_split(data_args: DataArguments, split: str, limit: int | None) -> Any:
-    dataset, _ = open_split(data_args.data_dir, split)
+    """One split of the corpus; without the feature cache every clip is demuxed first (``probe``), since training
+    then decodes clips as it batches them and a truncated file must be skipped now, not met at its step."""
+    video_check = "header" if data_args.use_feature_cache else "probe"
+    dataset, _ = open_split(data_args.data_dir, split, video_check=video_check)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return dataset
