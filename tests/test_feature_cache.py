@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -290,3 +291,70 @@ def test_two_ranks_share_the_work_then_both_read_everything(
     kwargs = {"batch_size": 2, "shard_size": 2, "progress": False}
     _, report, clips = run_cache(dataset, make_tiny_model("perceiver"), tiny_tokenizer, tmp_path / "cache", **kwargs)
     assert clips == 0 and report.shards_reused == 4
+
+
+def _features(cached) -> torch.Tensor:
+    return torch.stack([cached[i][FEATURES_COLUMN] for i in range(len(cached))])
+
+
+def test_a_shard_whose_bytes_changed_is_found_by_its_checksum_and_computed_again(
+    train_set, model, tiny_tokenizer, tmp_path, caplog
+):
+    first, _, _ = run_cache(train_set, model, tiny_tokenizer, tmp_path, **SHARD)
+    expected = _features(first).clone()  # `first` maps the shard files: it would see the flipped bytes too
+    (folder,) = [path for path in tmp_path.iterdir() if path.is_dir()]
+    shard = sorted(folder.glob("shard-*.arrow"))[0]
+    size, stat = shard.stat().st_size, shard.stat()
+    with shard.open("r+b") as handle:  # flip bytes in the middle of the features, keeping the size
+        handle.seek(size // 2)
+        chunk = handle.read(64)
+        handle.seek(size // 2)
+        handle.write(bytes(255 - b for b in chunk))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as bit rot would: nothing but the bytes differ
+    assert shard.stat().st_size == size
+
+    with caplog.at_level(logging.WARNING, logger="kvcap.training.feature_cache"):
+        again, report, clips = run_cache(train_set, model, tiny_tokenizer, tmp_path, **SHARD)
+    assert report.shards_damaged == [shard.name] and report.shards_computed == 1 and clips == 4
+    assert "checksum mismatch" in caplog.text and "damaged shards computed again" in report.format()
+    assert torch.equal(_features(again), expected)
+
+
+def test_clips_swapped_under_the_same_paths_are_encoded_again_and_named(
+    corpus, model, tiny_tokenizer, tmp_path, caplog
+):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    sources = sorted((corpus / "train" / "videos").glob("*.mp4"))[:2]
+    a, b = videos / "a.mp4", videos / "b.mp4"
+    a.write_bytes(sources[0].read_bytes())
+    b.write_bytes(sources[1].read_bytes()[: sources[0].stat().st_size])  # same size, other content
+    b.write_bytes(sources[1].read_bytes())
+    dataset = datasets.Dataset.from_dict({"video_path": [str(a), str(b)], "caption": ["가", "나"]})
+    first, _, _ = run_cache(dataset, model, tiny_tokenizer, tmp_path / "cache", **SHARD)
+
+    swap = videos / "swap.mp4"
+    os.replace(a, swap)
+    os.replace(b, a)
+    os.replace(swap, b)
+    with caplog.at_level(logging.WARNING, logger="kvcap.training.feature_cache"):
+        again, report, clips = run_cache(dataset, model, tiny_tokenizer, tmp_path / "cache", **SHARD)
+    assert clips == 2 and report.clips_changed == [str(a), str(b)]
+    assert "2 clips changed since they were cached" in caplog.text
+    # Each path now has the features of the content it holds, not of what it held before.
+    assert torch.equal(_features(again)[0], _features(first)[1])
+    assert torch.equal(_features(again)[1], _features(first)[0])
+
+
+def test_a_killed_runs_half_written_files_are_removed_and_counted(train_set, model, tiny_tokenizer, tmp_path, caplog):
+    run_cache(train_set.select(range(2)), model, tiny_tokenizer, tmp_path, **SHARD)
+    (folder,) = [path for path in tmp_path.iterdir() if path.is_dir()]
+    stale, fresh = folder / "tmpa1b2c3", folder / "tmpd4e5f6"
+    stale.write_bytes(b"\0" * 3_000_000)
+    fresh.write_bytes(b"\0" * 10)  # another job may be writing this one right now
+    long_ago = time.time() - 3600
+    os.utime(stale, (long_ago, long_ago))
+    with caplog.at_level(logging.WARNING, logger="kvcap.training.feature_cache"):
+        run_cache(train_set.select(range(2)), model, tiny_tokenizer, tmp_path, **SHARD)
+    assert not stale.exists() and fresh.exists()
+    assert "removed 1 half-written file(s) of interrupted runs (3.0 MB)" in caplog.text

@@ -11,17 +11,21 @@ Cache key. One SHA-256 over: the encoder's class, architecture config and a cont
 reader's resize rule, the image size, the image processor's resize / rescale / normalisation settings, and the
 stored dtype. It names the folder ``{cache_dir}/{key[:24]}`` (``key.json`` in it lists the parts). Within it,
 clips are sorted by path and cut into shards of ``shard_size``; a shard's file name hashes the key with its
-clips' paths and file sizes. Shuffled rows or other text columns therefore reuse every shard, a subset reuses the
-shards whose clips are unchanged, and a file whose size changed (say, re-downloaded after a truncated download)
-is encoded again. Captions are not in the key: features depend on the clip alone.
+clips' paths, file sizes and modification times (nanoseconds). Shuffled rows or other text columns therefore
+reuse every shard, a subset reuses the shards whose clips are unchanged, and a file that changed (re-downloaded
+after a truncated download, or swapped with another clip of the same size) is encoded again. ``clips.json``
+keeps each cached clip's size and time, so a run says which clips changed. Captions are not in the key: features
+depend on the clip alone.
 
 Shards and resuming. Each shard is one ``datasets.map`` call with ``cache_file_name=`` its own Arrow file (an
 in-memory dataset would otherwise not be cached at all) and ``new_fingerprint=`` the shard hash (so ``datasets``
 never tries to hash a closure holding the model, and the name is the same in every process). ``datasets`` writes
-a temporary file and renames it when the shard is done (a killed process can leave a ``tmp*`` file behind; delete
-it when nothing runs), followed by a small ``.json`` marker naming its row count, file size and failed clips.
-On a later run a shard counts as done only when its marker, file size, row count and paths check out; everything
-else is recomputed. An interrupted run therefore loses at most the shard in progress on each process.
+a temporary file and renames it when the shard is done (a killed process can leave a ``tmp*`` file behind: the
+next run deletes those untouched for 15 minutes, and says so), followed by a small ``.json`` marker naming its row
+count, file size, checksum and failed clips.
+On a later run a shard counts as done only when its marker, file size, SHA-256 checksum (in the marker; about
+1.2 GB/s here, each rank checking its share), row count and paths check out; everything else is recomputed, with
+the reason logged. An interrupted run therefore loses at most the shard in progress on each process.
 
 Several processes. Under ``accelerate launch`` / ``torchrun`` (an initialised ``torch.distributed`` group, or
 ``WORLD_SIZE`` > 1, in which case ``accelerate.PartialState`` sets the group up) every rank checks which shards
@@ -159,6 +163,8 @@ class FeatureCacheReport:
     bytes_on_disk: int
     seconds: float
     failed: dict[str, str] = field(default_factory=dict)
+    clips_changed: list[str] = field(default_factory=list)  # cached before, but their size or time differs now
+    shards_damaged: list[str] = field(default_factory=list)  # checksum or size no longer matches: recomputed
 
     @property
     def num_excluded(self) -> int:
@@ -175,6 +181,12 @@ class FeatureCacheReport:
             f"  shards: {self.num_shards} ({self.shards_reused} reused, {self.shards_computed} computed here, "
             f"{self.clips_encoded} clips encoded) in {self.seconds:.1f} s",
         ]
+        if self.clips_changed:
+            lines.append(f"  {len(self.clips_changed)} clips changed since they were cached, encoded again:")
+            lines += [f"    {path}" for path in self.clips_changed[:max_paths]]
+        if self.shards_damaged:
+            damaged = ", ".join(self.shards_damaged)
+            lines.append(f"  {len(self.shards_damaged)} damaged shards computed again: {damaged}")
         if self.failed:
             lines.append(f"  excluded {self.num_excluded} rows: {len(self.failed)} clips cannot be decoded")
             lines += [f"    {path}: {reason}" for path, reason in list(self.failed.items())[:max_paths]]
@@ -338,16 +350,56 @@ def _file_size(path: str) -> int:
         return -1
 
 
+def _clip_identity(path: str) -> tuple[int, int]:
+    """``(size, mtime_ns)``: what tells a changed clip from the cached one without reading it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (info.st_size, info.st_mtime_ns)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(16 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _plan_shards(paths: Sequence[str], key: str, shard_size: int) -> tuple[list[int], list[_Shard]]:
     """Row order sorted by path (ties by row), and the shards over that order."""
     order = sorted(range(len(paths)), key=lambda i: (paths[i], i))
     shards = []
     for index, start in enumerate(range(0, len(order), shard_size)):
         chunk = tuple(paths[i] for i in order[start : start + shard_size])
-        # Sizes make a re-downloaded or repaired file a new clip; repeated paths are distinct rows of the shard.
-        content = json.dumps([key, [(p, _file_size(p)) for p in chunk]], ensure_ascii=False)
+        # Size and time make a re-downloaded, repaired or swapped file a new clip; repeated paths are distinct rows.
+        content = json.dumps([key, [(p, *_clip_identity(p)) for p in chunk]], ensure_ascii=False)
         shards.append(_Shard(index, hashlib.sha256(content.encode()).hexdigest()[:32], chunk))
     return order, shards
+
+
+def _verify_shard(shard: _Shard, folder: Path) -> str | None:
+    """Check a finished shard's bytes against its marker's checksum; a damaged shard loses its marker (so every
+    rank then sees it missing and it is computed again). Returns why it was damaged, or ``None``."""
+    marker, arrow = shard.marker(folder), shard.arrow(folder)
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not finished (or unreadable): _load_shard reports it
+    if meta.get("shard_key") != shard.key:
+        return None
+    if not meta.get("arrow_sha256"):
+        problem = "written before shards carried checksums"
+    elif _file_size(str(arrow)) != meta.get("arrow_bytes"):
+        problem = "missing, or of another size than written"
+    elif _sha256(arrow) != meta["arrow_sha256"]:
+        problem = "its bytes changed since it was written (checksum mismatch)"
+    else:
+        return None
+    logger.warning("kvcap feature cache: shard %s: %s; computing it again", arrow.name, problem)
+    marker.unlink(missing_ok=True)
+    return problem
 
 
 def _load_shard(shard: _Shard, folder: Path) -> tuple[datasets.Dataset, dict[str, str]] | None:
@@ -478,6 +530,7 @@ def _compute_shard(
             "index": shard.index,
             "num_rows": len(shard_ds),
             "arrow_bytes": shard.arrow(folder).stat().st_size,
+            "arrow_sha256": _sha256(shard.arrow(folder)),
             "failed": failed,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -567,6 +620,12 @@ def cache_video_features(
     paths = [str(p) for p in dataset["video_path"]]
     order, shards = _plan_shards(paths, key, shard_size)
     rank, world_size = _distributed()
+    if rank == 0:
+        _remove_stale_temporaries(folder)
+    changed = _changed_clips(folder, paths)
+    # Each rank checks the checksums of its share; a damaged shard loses its marker before anyone looks.
+    damaged = [shard.arrow(folder).name for shard in shards[rank::world_size] if _verify_shard(shard, folder)]
+    _barrier()
     loaded = {shard.index: _load_shard(shard, folder) for shard in shards}
     # Every rank has looked before any rank writes, so all agree on which shards are missing.
     _barrier()
@@ -616,6 +675,8 @@ def cache_video_features(
         for shard in shards:
             failed.update(loaded[shard.index][1])
         result = _assemble(dataset, [loaded[shard.index][0] for shard in shards], order, failed)
+        if rank == 0:
+            _record_clips(folder, paths)
     finally:
         bar.close()
         if not bars_were_disabled:
@@ -636,7 +697,16 @@ def cache_video_features(
         bytes_on_disk=sum(shard.arrow(folder).stat().st_size for shard in shards),
         seconds=time.perf_counter() - start,
         failed=failed,
+        clips_changed=changed,
+        shards_damaged=damaged,
     )
+    if changed:
+        logger.warning(
+            "kvcap feature cache: %d clips changed since they were cached (size or modification time), encoded "
+            "again, e.g. %s",
+            len(changed),
+            ", ".join(changed[:3]),
+        )
     if failed:
         logger.warning(
             "kvcap feature cache: excluded %d of %d rows whose clip cannot be decoded (%d clips), e.g. %s",
@@ -646,6 +716,51 @@ def cache_video_features(
             "; ".join(f"{p}: {r}" for p, r in list(failed.items())[:3]),
         )
     return (result, report) if return_report else result
+
+
+STALE_TEMPORARY_SECONDS = 15 * 60
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete the half-written files of killed runs (``datasets``' ``tmp*``, up to a shard's size; our ``.*.tmp``)
+    that nothing has written to for 15 minutes, so a kill does not cost the disk forever; says what went."""
+    now = time.time()
+    stale = []
+    for path in [*folder.glob("tmp*"), *folder.glob(".*.tmp")]:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if path.is_file() and now - info.st_mtime > STALE_TEMPORARY_SECONDS:
+            stale.append((path, info.st_size))
+    for path, _ in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.warning(
+            "kvcap feature cache: removed %d half-written file(s) of interrupted runs (%.1f MB) in %s",
+            len(stale),
+            sum(size for _, size in stale) / 1e6,
+            folder,
+        )
+
+
+def _changed_clips(folder: Path, paths: Sequence[str]) -> list[str]:
+    """The clips cached before under the same path whose size or modification time differs now."""
+    try:
+        cached = json.loads((folder / "clips.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return sorted({path for path in paths if path in cached and tuple(cached[path]) != _clip_identity(path)})
+
+
+def _record_clips(folder: Path, paths: Sequence[str]) -> None:
+    """``clips.json``: the size and time of every clip now cached (those of earlier runs kept)."""
+    try:
+        cached = json.loads((folder / "clips.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    cached.update({path: list(_clip_identity(path)) for path in paths})
+    _write_json(folder / "clips.json", cached)
 
 
 def _assemble(
