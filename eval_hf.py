@@ -35,19 +35,20 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from kvcap.captioning import VIDEO_EXTENSIONS, CaptionJournal, JournalMismatchError, caption_files, find_videos
 from kvcap.corpus import EmptySplitError
 from kvcap.cpu_threads import apply_cpu_threads
 from kvcap.evaluation import (
     EvaluationInputError,
     ScoringArguments,
-    caption_records,
+    evaluate_model,
     headline,
     load_prediction_records,
     load_split_records,
     score_and_write,
 )
-from kvcap.evaluation.run import add_report_thumbnails, video_read_error
-from kvcap.generation import GenerationArguments, generate_captions, load_model_and_processor
+from kvcap.evaluation.run import add_report_thumbnails
+from kvcap.generation import GenerationArguments, load_model_and_processor
 
 logger = logging.getLogger("kvcap.eval")
 
@@ -76,6 +77,16 @@ class EvalArguments:
     video: list[str] | None = field(
         default=None, metadata={"help": "Caption these videos and print 'path<TAB>caption' per video."}
     )
+    video_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Caption every video under this folder (recursively) into OUTPUT_DIR/captions.jsonl, "
+            "resumable; also prints 'path<TAB>caption' per video."
+        },
+    )
+    num_workers: int = field(
+        default=2, metadata={"help": "DataLoader workers decoding videos while the model captions (0: in turn)."}
+    )
     max_samples: int | None = field(
         default=None, metadata={"help": "Evaluate this many clips, evenly spaced over the split."}
     )
@@ -103,53 +114,58 @@ class EvalArguments:
 
 
 def caption_videos(args: EvalArguments, generation: GenerationArguments) -> int:
-    """``--video``: print ``path<TAB>caption`` per video on stdout; unreadable videos are reported on stderr."""
-    missing = [path for path in args.video if not Path(path).is_file()]
-    if missing:
-        raise FileNotFoundError(f"video not found: {', '.join(missing)}")
+    """``--video`` / ``--video_dir``: caption files, printing ``path<TAB>caption`` per video as it is made.
+
+    Videos are decoded in ``--num_workers`` DataLoader workers while the model generates. With ``--output_dir``
+    every caption is also appended to ``captions.jsonl`` there, and a job killed midway resumes from it. A file
+    that cannot be read (missing, a folder, not a video) is reported on stderr and skipped, not fatal.
+    """
+    paths = list(args.video or [])
+    if args.video_dir:
+        paths += find_videos(args.video_dir)
+        if not paths:
+            raise UsageError(f"--video_dir {args.video_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in it")
     model, processor = load_model_and_processor(args.model_name_or_path, args.device, args.dtype, args.load_in_4bit)
-    frames, readable, failed = [], [], 0
-    read_error = video_read_error(processor)
-    for path in args.video:
-        try:
-            frames.append(processor.load_frames(path))
-            readable.append(path)
-        except read_error as error:
-            print(f"{path}\tERROR: {error}", file=sys.stderr)
-            failed += 1
-    if readable:
-        captions = generate_captions(
-            model,
-            processor,
-            frames,
-            generation.batch_size,
-            prompt=generation.prompt,
-            progress=args.progress and len(frames) > generation.batch_size,
-            **generation.generate_kwargs(),
-        )
-        for path, caption in zip(readable, captions, strict=True):
+    journal = None
+    if args.output_dir:
+        identity = {
+            "job": "captions",
+            "model_name_or_path": args.model_name_or_path,
+            "decoding": generation.decoding(model),
+            "prompt": generation.prompt,
+        }
+        journal = CaptionJournal(Path(args.output_dir) / "captions.jsonl", identity)
+        for row in journal.done.values():
+            if row["video_path"] in paths:
+                print(f"{row['video_path']}\t{' '.join(row['caption'].split())}", flush=True)
+
+    def show(row: dict) -> None:
+        if row.get("error"):
+            print(f"{row['video_path']}\tERROR: {row['error']}", file=sys.stderr, flush=True)
+        else:
             # One line per video: line breaks and tabs inside a caption print as spaces.
-            print(f"{path}\t{' '.join(caption.split())}", flush=True)
-    return 1 if failed else 0
+            print(f"{row['video_path']}\t{' '.join(row['caption'].split())}", flush=True)
+
+    summary = caption_files(
+        model,
+        processor,
+        paths,
+        generation,
+        journal=journal,
+        num_workers=args.num_workers,
+        progress=args.progress and len(paths) > generation.batch_size,
+        on_result=show,
+    )
+    rate = f", {summary.clips_per_second:.2f} clips/s" if summary.clips_per_second else ""
+    logger.info(
+        f"captioned {summary.captioned} of {len(paths)} videos ({summary.resumed} done before{rate}); "
+        f"{len(summary.failed)} unreadable or failed" + (f"; all in {journal.path}" if journal else "")
+    )
+    return 1 if summary.failed else 0
 
 
 def evaluate_command(args: EvalArguments, generation: GenerationArguments, scoring: ScoringArguments) -> int:
     """Generate captions for a split (or read ``--predictions``), score them and write the three outputs."""
-    if args.predictions:
-        records = load_prediction_records(args.predictions, args.data_dir, args.split)
-        settings, scan = None, None
-        for record in records:
-            if record.video_path and not Path(record.video_path).is_file():
-                # The caption is still scored; only its frames and SigLIP score need the video.
-                record.video_error = f"video not found: {record.video_path}"
-        add_report_thumbnails(records, args.report_frame_height)
-    else:
-        records, scan = load_split_records(args.data_dir, args.split, args.max_samples)
-        logger.info(f"{len(records)} clips from {args.data_dir} [{args.split}]")
-        model, processor = load_model_and_processor(args.model_name_or_path, args.device, args.dtype, args.load_in_4bit)
-        settings = caption_records(
-            records, model, processor, generation, frame_height=args.report_frame_height, progress=args.progress
-        )
     source = {
         "model_name_or_path": args.model_name_or_path,
         "data_dir": args.data_dir,
@@ -157,19 +173,39 @@ def evaluate_command(args: EvalArguments, generation: GenerationArguments, scori
         "predictions_file": args.predictions,
         "max_samples": args.max_samples,
     }
+    common = {
+        "source": source,
+        "title": f"kvcap · {args.model_name_or_path or args.predictions} · {args.split}",
+        "frame_height": args.report_frame_height,
+        "progress": args.progress,
+    }
     try:
-        metrics, paths = score_and_write(
-            records,
-            args.output_dir,
-            scoring,
-            source=source,
-            generation=settings,
-            dataset_scan=scan,
-            title=f"kvcap · {args.model_name_or_path or args.predictions} · {args.split}",
-            frame_height=args.report_frame_height,
-            device=args.device,
-            progress=args.progress,
-        )
+        if args.predictions:
+            records = load_prediction_records(args.predictions, args.data_dir, args.split)
+            for record in records:
+                if record.video_path and not Path(record.video_path).is_file():
+                    # The caption is still scored; only its frames and SigLIP score need the video.
+                    record.video_error = f"video not found: {record.video_path}"
+            add_report_thumbnails(records, args.report_frame_height)
+            metrics, paths = score_and_write(records, args.output_dir, scoring, device=args.device, **common)
+        else:
+            records, scan = load_split_records(args.data_dir, args.split, args.max_samples)
+            logger.info(f"{len(records)} clips from {args.data_dir} [{args.split}]")
+            model, processor = load_model_and_processor(
+                args.model_name_or_path, args.device, args.dtype, args.load_in_4bit
+            )
+            metrics, paths = evaluate_model(
+                model,
+                processor,
+                records,
+                args.output_dir,
+                generation=generation,
+                scoring=scoring,
+                dataset_scan=scan,
+                **common,
+            )
+    except (EvaluationInputError, JournalMismatchError):
+        raise
     except ValueError as error:
         raise UsageError(str(error)) from error
     for line in headline(metrics):
@@ -188,11 +224,17 @@ def parse_args(
         args, generation, scoring = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
     except ValueError as error:  # a dataclass's own check (e.g. batch_size < 1)
         raise UsageError(str(error)) from error
-    if captioning_only and not args.video:
-        raise UsageError("give the videos to caption: --video PATH [PATH ...] (kvcap-eval evaluates a split)")
-    if args.video:
+    if captioning_only and not (args.video or args.video_dir):
+        raise UsageError(
+            "give the videos to caption: --video PATH [PATH ...] or --video_dir DIR (kvcap-eval evaluates a split)"
+        )
+    if args.video or args.video_dir:
         if not args.model_name_or_path:
-            raise UsageError("--video needs --model_name_or_path")
+            raise UsageError("--video and --video_dir need --model_name_or_path")
+        if args.video_dir and not args.output_dir:
+            raise UsageError("--video_dir needs --output_dir (where captions.jsonl is written, and resumed from)")
+        if args.num_workers < 0:
+            raise UsageError(f"--num_workers must be 0 or more, got {args.num_workers}")
     elif args.predictions:
         if args.model_name_or_path:
             raise UsageError("--predictions scores existing captions; drop --model_name_or_path")
@@ -216,10 +258,10 @@ def main(argv: Sequence[str] | None = None, captioning_only: bool = False) -> in
     try:
         args, generation, scoring = parse_args(argv, captioning_only)
         logger.info(apply_cpu_threads(args.cpu_threads))
-        if args.video:
+        if args.video or args.video_dir:
             return caption_videos(args, generation)
         return evaluate_command(args, generation, scoring)
-    except (UsageError, EvaluationInputError, EmptySplitError, FileNotFoundError) as error:
+    except (UsageError, EvaluationInputError, EmptySplitError, JournalMismatchError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
 

@@ -49,6 +49,11 @@ class GenerationArguments:
         names = ("max_new_tokens", "repetition_penalty", "do_sample", "num_beams")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
+    def decoding(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The decoding in effect: the model's generation config with these overrides (what names a caption job)."""
+        policy = {**model.generation_config.to_dict(), **self.generate_kwargs()}
+        return {name: policy.get(name) for name in ("do_sample", "num_beams", "max_new_tokens", "repetition_penalty")}
+
 
 @dataclass
 class GeneratedCaption:

@@ -17,6 +17,7 @@ import torch
 import eval_hf
 from kvcap.demo.corpus import generate_corpus
 from kvcap.evaluation.report import render_report
+from kvcap.generation import generate_captions
 
 from .conftest import REPO_ROOT, tiny_kvcap_config, tiny_processor
 
@@ -200,15 +201,26 @@ def test_caption_command_prints_one_caption_per_video(checkpoint: Path, corpus: 
     assert [line.split("\t", 1)[0] for line in lines] == videos
 
     model, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu")
-    expected = eval_hf.generate_captions(model, processor, videos, max_new_tokens=12)
+    expected = generate_captions(model, processor, videos, max_new_tokens=12)
     assert [line.split("\t", 1)[1] for line in lines] == [" ".join(c.split()) for c in expected]
 
 
-def test_caption_command_names_bad_videos(checkpoint: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
+def test_caption_command_names_bad_videos(
+    checkpoint: Path, corpus: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     good = str(corpus / "val" / "videos" / "kvcap_demo_val_00003.mp4")
     missing = str(corpus / "val" / "videos" / "no_such_clip.mp4")
-    assert eval_hf.main(["--model_name_or_path", str(checkpoint), "--video", good, missing, *GENERATION_ARGS]) == 2
-    assert missing in capsys.readouterr().err
+    folder = str(corpus / "val")
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(tmp_path / "loop2.mp4")
+    (tmp_path / "loop2.mp4").symlink_to(loop)
+    # Not all-or-nothing: the good clip is captioned, each bad path is named with why, and the status says so.
+    argv = ["--model_name_or_path", str(checkpoint), "--video", missing, good, folder, str(loop), *GENERATION_ARGS]
+    assert eval_hf.main(argv) == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [good]
+    assert f"{missing}\tERROR: " in captured.err and "file not found" in captured.err
+    assert "not a regular file (a directory)" in captured.err and "symbolic link loop" in captured.err
 
     broken = str(corpus / "val" / "videos" / f"{BROKEN_ID}.mp4")
     assert eval_hf.main(["--model_name_or_path", str(checkpoint), "--video", broken, good, *GENERATION_ARGS]) == 1
@@ -372,3 +384,51 @@ def test_saved_predictions_score_again_from_another_directory_and_without_a_vide
     assert metrics["num_videos_not_read"] == 1 and metrics["videos_not_read"][0]["video_path"] == str(gone)
     html = (again / "report.html").read_text(encoding="utf-8")
     assert "1 captioned clip(s) whose video could not be read again" in html and "unreadable video" not in html
+
+
+def test_video_dir_writes_captions_jsonl_resumes_and_refuses_other_settings(
+    checkpoint: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="kvcap.eval")
+    out = tmp_path / "captions"
+    argv = ["--model_name_or_path", str(checkpoint), "--video_dir", str(corpus / "val"), "--output_dir", str(out)]
+    assert eval_hf.main([*argv, "--num_workers", "1", *GENERATION_ARGS]) == 1  # the broken clip is named
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in (out / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == NUM_VAL + 1 and sum("caption" in row for row in rows) == NUM_VAL
+    assert f"{BROKEN_ID}.mp4\tERROR:" in captured.err and len(captured.out.splitlines()) == NUM_VAL
+    assert f"captioned {NUM_VAL} of {NUM_VAL + 1} videos (0 done before" in caplog.text
+
+    # Again: every caption is found done; only the unreadable clip is tried again.
+    assert eval_hf.main([*argv, *GENERATION_ARGS]) == 1
+    again = capsys.readouterr()
+    assert f"captioned 0 of {NUM_VAL + 1} videos ({NUM_VAL} done before" in caplog.text
+    assert sorted(again.out.splitlines()) == sorted(captured.out.splitlines())
+
+    assert eval_hf.main([*argv, "--max_new_tokens", "4", "--no_progress"]) == 2
+    assert "holds captions of another job (differing: decoding)" in capsys.readouterr().err
+    assert eval_hf.main(["--model_name_or_path", str(checkpoint), "--video_dir", str(corpus)]) == 2
+    assert "--video_dir needs --output_dir" in capsys.readouterr().err
+
+
+def test_an_evaluation_whose_scoring_failed_resumes_from_its_captions(
+    checkpoint: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvcap.evaluation import run as evaluation_run
+
+    out = tmp_path / "eval"
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(corpus), "--output_dir", str(out)]
+    with pytest.raises(OSError, match="no/such"):
+        eval_hf.main([*argv, "--siglip_model_name_or_path", str(tmp_path / "no" / "such"), *GENERATION_ARGS])
+    journal = out / evaluation_run.PARTIAL_CAPTIONS
+    made = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines()]
+    assert sum("prediction" in row for row in made) == NUM_VAL  # appended as they were made, before scoring
+
+    def must_not_generate(*args, **kwargs):
+        raise AssertionError("a resumed evaluation generated a caption it already had")
+
+    monkeypatch.setattr(evaluation_run, "generate_captions_detailed", must_not_generate)
+    assert eval_hf.main([*argv, *GENERATION_ARGS]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(row["prediction"] for row in rows) == sorted(row["prediction"] for row in made if "prediction" in row)
+    assert not journal.exists()  # the outputs are written: nothing left to resume

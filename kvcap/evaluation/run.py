@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..captioning import CaptionJournal
 from ..generation import GenerationArguments, generate_captions_detailed, input_device
 from .records import ClipRecord
 from .report import frames_to_data_uris, write_report
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_SCHEMA_VERSION = 2
 OUTPUT_FILES = ("predictions.jsonl", "metrics.json", "report.html")
+# Captions appended as an evaluation makes them, until its outputs are written: what a killed run resumes from.
+PARTIAL_CAPTIONS = "captions.partial.jsonl"
 # How a record's error begins when its clip was read but could not be captioned.
 GENERATION_FAILED = "generation failed"
 
@@ -45,12 +48,15 @@ def caption_records(
     *,
     frame_height: int = 60,
     progress: bool = True,
+    journal: CaptionJournal | None = None,
 ) -> dict[str, Any]:
     """Decode, thumbnail and caption every record in place; returns the generation settings and timing.
 
     A clip that cannot be decoded gets ``record.error`` and no prediction; the others are captioned in batches of
     ``generation.batch_size`` with the model's generation config and ``generation``'s overrides. When a batch fails
     to generate, its clips are captioned one at a time, and a clip that fails alone gets ``record.error`` too.
+    With a ``journal`` (keyed by ``video_id``), each batch's captions are appended to it as they are made, and the
+    clips it already holds captions for are taken from it instead of generated again (a killed run resumes).
     """
     from tqdm.auto import tqdm
 
@@ -58,9 +64,17 @@ def caption_records(
     read_error = video_read_error(processor)
     started = time.perf_counter()
     generated_clips = 0
-    with tqdm(total=len(records), desc="kvcap: captioning", unit="clip", disable=not progress) as bar:
-        for start in range(0, len(records), generation.batch_size):
-            batch = records[start : start + generation.batch_size]
+    resumed = [record for record in records if journal is not None and record.video_id in journal.done]
+    for record in resumed:
+        row = journal.done[record.video_id]
+        record.prediction, record.num_tokens, record.finished = row["prediction"], row["num_tokens"], row["finished"]
+    add_report_thumbnails(resumed, frame_height)
+    todo = [record for record in records if record.prediction is None]
+    with tqdm(
+        total=len(records), initial=len(resumed), desc="kvcap: captioning", unit="clip", disable=not progress
+    ) as bar:
+        for start in range(0, len(todo), generation.batch_size):
+            batch = todo[start : start + generation.batch_size]
             frames, ready = [], []
             for record in batch:
                 try:
@@ -74,6 +88,8 @@ def caption_records(
                 ready.append(record)
             if ready:
                 generated_clips += _caption_batch(ready, frames, model, processor, generation.prompt, kwargs)
+            if journal is not None:
+                journal.append([_journal_row(record) for record in batch])
             bar.update(len(batch))
     seconds = time.perf_counter() - started
     policy = {**model.generation_config.to_dict(), **kwargs}
@@ -101,6 +117,18 @@ def caption_records(
                 "tokens of this model's tokenizer; longer captions will be cut"
             )
     return settings
+
+
+def _journal_row(record: ClipRecord) -> dict[str, Any]:
+    if record.prediction is None:
+        return {"video_id": record.video_id, "video_path": record.video_path, "error": record.error}
+    return {
+        "video_id": record.video_id,
+        "video_path": record.video_path,
+        "prediction": record.prediction,
+        "num_tokens": record.num_tokens,
+        "finished": record.finished,
+    }
 
 
 def _caption_batch(
@@ -275,11 +303,30 @@ def evaluate_model(
     title: str = "kvcap",
     frame_height: int = 60,
     progress: bool = True,
+    resume: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Caption ``records`` with ``model`` and score and write them: the whole evaluation in one call."""
+    """Caption ``records`` with ``model`` and score and write them: the whole evaluation in one call.
+
+    Captions are appended to ``OUTPUT_DIR/captions.partial.jsonl`` as they are made; a run of the same model,
+    source and decoding that was killed (or whose scoring failed) resumes from it, generating only what is
+    missing. It is removed once ``predictions.jsonl``, ``metrics.json`` and ``report.html`` are written.
+    ``resume=False`` starts afresh, for a caller whose model may differ under the same name (training's end).
+    """
     generation = generation or GenerationArguments()
-    settings = caption_records(records, model, processor, generation, frame_height=frame_height, progress=progress)
-    return score_and_write(
+    identity = {
+        "job": "evaluation",
+        "source": source or {},
+        "decoding": generation.decoding(model),
+        "prompt": generation.prompt,
+    }
+    if not resume:
+        for stale in (Path(output_dir) / PARTIAL_CAPTIONS, Path(output_dir) / f"{PARTIAL_CAPTIONS}.meta.json"):
+            stale.unlink(missing_ok=True)
+    journal = CaptionJournal(Path(output_dir) / PARTIAL_CAPTIONS, identity, key="video_id")
+    settings = caption_records(
+        records, model, processor, generation, frame_height=frame_height, progress=progress, journal=journal
+    )
+    result = score_and_write(
         records,
         output_dir,
         scoring or ScoringArguments(),
@@ -291,6 +338,8 @@ def evaluate_model(
         device=str(input_device(model)),
         progress=progress,
     )
+    journal.remove()
+    return result
 
 
 def headline(metrics: dict[str, Any]) -> list[str]:

@@ -233,6 +233,7 @@ def final_evaluation(model: torch.nn.Module, processor: KVCapProcessor, run: Tra
         },
         title=f"kvcap · {Path(args.output_dir).name} · {run.data_args.eval_split}",
         progress=False,
+        resume=False,  # OUTPUT_DIR/final is this run's model; captions of an earlier one must not be reused
     )
     for line in headline(metrics):
         print(line)
