@@ -48,13 +48,29 @@ from kvcap.evaluation import (
     score_and_write,
 )
 from kvcap.evaluation.run import add_report_thumbnails
-from kvcap.generation import GenerationArguments, load_model_and_processor
+from kvcap.generation import (
+    GenerationArguments,
+    NotAModelFolderError,
+    check_model_folder,
+    load_model_and_processor,
+)
 
 logger = logging.getLogger("kvcap.eval")
 
 
 class UsageError(Exception):
     """A command-line mistake: printed as one line naming what is wrong, exit status 2."""
+
+
+# What describes the user's input (arguments, files, the corpus, a folder): one line and exit status 2, no traceback.
+USER_MISTAKES = (
+    UsageError,
+    EvaluationInputError,
+    EmptySplitError,
+    JournalMismatchError,
+    NotAModelFolderError,
+    FileNotFoundError,
+)
 
 
 @dataclass
@@ -64,7 +80,7 @@ class EvalArguments:
     _argument_group_name = "what to evaluate or caption, and where results go"  # the heading of these options in --help
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "kvcap checkpoint folder or Hub id (loaded with trust_remote_code)."}
+        default=None, metadata={"help": "kvcap model folder (e.g. OUTPUT_DIR/final) or Hub id."}
     )
     data_dir: str | None = field(default=None, metadata={"help": "AI-Hub corpus root (see processing.aihub)."})
     split: str = field(default="val", metadata={"help": "Split to evaluate: val, train, test (or AI-Hub names)."})
@@ -101,6 +117,13 @@ class EvalArguments:
             "6 GB instead of 16. A folder saved already quantized loads so without it."
         },
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the Python code shipped in the model folder (needed where kvcap is not installed). Without "
+            "it the folder loads with this kvcap's own classes and its code never runs."
+        },
+    )
     report_frame_height: int = field(default=60, metadata={"help": "Height in pixels of report.html thumbnails."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars (on stderr)."})
     cpu_threads: int | None = field(
@@ -125,7 +148,9 @@ def caption_videos(args: EvalArguments, generation: GenerationArguments) -> int:
         paths += find_videos(args.video_dir)
         if not paths:
             raise UsageError(f"--video_dir {args.video_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in it")
-    model, processor = load_model_and_processor(args.model_name_or_path, args.device, args.dtype, args.load_in_4bit)
+    model, processor = load_model_and_processor(
+        args.model_name_or_path, args.device, args.dtype, args.load_in_4bit, args.trust_remote_code
+    )
     journal = None
     if args.output_dir:
         identity = {
@@ -192,7 +217,7 @@ def evaluate_command(args: EvalArguments, generation: GenerationArguments, scori
             records, scan = load_split_records(args.data_dir, args.split, args.max_samples)
             logger.info(f"{len(records)} clips from {args.data_dir} [{args.split}]")
             model, processor = load_model_and_processor(
-                args.model_name_or_path, args.device, args.dtype, args.load_in_4bit
+                args.model_name_or_path, args.device, args.dtype, args.load_in_4bit, args.trust_remote_code
             )
             metrics, paths = evaluate_model(
                 model,
@@ -246,6 +271,8 @@ def parse_args(
             raise UsageError(
                 f"missing {', '.join('--' + m for m in missing)} (or use --predictions FILE, or --video PATH ...)"
             )
+    if args.model_name_or_path:
+        check_model_folder(args.model_name_or_path)  # before a split is scanned or anything loads
     return args, generation, scoring
 
 
@@ -261,7 +288,7 @@ def main(argv: Sequence[str] | None = None, captioning_only: bool = False) -> in
         if args.video or args.video_dir:
             return caption_videos(args, generation)
         return evaluate_command(args, generation, scoring)
-    except (UsageError, EvaluationInputError, EmptySplitError, JournalMismatchError, FileNotFoundError) as error:
+    except USER_MISTAKES as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
 

@@ -98,22 +98,62 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
 
+class NotAModelFolderError(ValueError):
+    """The folder is not a loadable kvcap model (e.g. a training checkpoint); the message says what to load."""
+
+
+def check_model_folder(model_name_or_path: str) -> None:
+    """Refuse, naming what to load instead, a local path that is not a saved model folder (a Hub id passes)."""
+    folder = Path(model_name_or_path).expanduser()
+    if not folder.exists():
+        if _looks_like_local_path(model_name_or_path):
+            raise FileNotFoundError(f"model folder not found: {model_name_or_path}")
+        return  # a Hub id
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        run = folder.parent
+        raise NotAModelFolderError(
+            f"{folder} is a training checkpoint (a LoRA adapter and the trainer's state, no model): evaluate "
+            f"{run / 'final'}, which training writes at its end; a stopped run gets there with "
+            f"`python train_hf.py PRESET --output_dir {run} --resume_from_checkpoint true`."
+        )
+    if not (folder / "config.json").is_file():
+        raise NotAModelFolderError(f"{folder} holds no config.json: it is not a saved model folder.")
+
+
 def load_model_and_processor(
-    model_name_or_path: str, device: str | None = None, dtype: str | torch.dtype = "auto", load_in_4bit: bool = False
+    model_name_or_path: str,
+    device: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
     """A saved kvcap folder (or Hub id) as ``(model, processor)``, the model in eval mode on ``device``.
 
+    The folder is loaded with this installed kvcap's own classes: the code shipped in the folder runs only with
+    ``trust_remote_code=True`` (for a Hub model whose code you have read, or where kvcap is not installed).
     ``load_in_4bit`` quantizes the language model to NF4 on loading; a folder saved quantized stays quantized.
     """
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
-    if not Path(model_name_or_path).expanduser().exists() and _looks_like_local_path(model_name_or_path):
-        raise FileNotFoundError(f"model folder not found: {model_name_or_path}")
+    check_model_folder(model_name_or_path)
     device = device or default_device()
-    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
+    if trust_remote_code:
+        processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
+    else:
+        # kvcap's own classes, registered with AutoConfig / AutoModel as modeling_kvcap is imported. (Registered
+        # classes win over a folder's code in transformers, even with trust_remote_code, so they are registered
+        # only here.)
+        import modeling_kvcap  # noqa: F401
+        from processing.processing_kvcap import KVCapProcessor
+
+        processor = KVCapProcessor.from_pretrained(model_name_or_path)
     # Read once: it says whether the folder was saved quantized, and the model load reuses it.
-    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True)
-    kwargs: dict[str, Any] = {"config": config, "trust_remote_code": True, "dtype": resolve_dtype(dtype, device)}
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {
+        "config": config,
+        "trust_remote_code": trust_remote_code,
+        "dtype": resolve_dtype(dtype, device),
+    }
     if load_in_4bit:
         from modeling_kvcap import kvcap_4bit_config
 

@@ -432,3 +432,37 @@ def test_an_evaluation_whose_scoring_failed_resumes_from_its_captions(
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sorted(row["prediction"] for row in rows) == sorted(row["prediction"] for row in made if "prediction" in row)
     assert not journal.exists()  # the outputs are written: nothing left to resume
+
+
+def test_a_folders_own_code_runs_only_when_asked(checkpoint: Path, corpus: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    marker = tmp_path / "folder-code-ran"
+    for name in ("configuration_kvcap.py", "processing_kvcap.py"):
+        future = "from __future__ import annotations\n"
+        code = (folder / name).read_text(encoding="utf-8")
+        # A modified copy: had it run, it would leave the marker behind.
+        planted = f"{future}open({str(marker)!r}, 'a').write('{name}\\n')\n"
+        (folder / name).write_text(code.replace(future, planted, 1), encoding="utf-8")
+    good = str(corpus / "val" / "videos" / "kvcap_demo_val_00001.mp4")
+    argv = ["--model_name_or_path", str(folder), "--video", good, *GENERATION_ARGS]
+    assert eval_hf.main(argv) == 0
+    assert not marker.exists()  # kvcap's installed classes loaded it
+    # Asked, the folder's code runs (here its processor's: in this process kvcap's model classes are registered,
+    # and transformers prefers registered classes to a folder's).
+    assert eval_hf.main([*argv, "--trust_remote_code", "true"]) == 0
+    assert "processing_kvcap.py" in marker.read_text().split()
+
+
+def test_a_training_checkpoint_is_named_as_one_with_what_to_load_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    checkpoint = tmp_path / "run" / "checkpoint-300"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (checkpoint / "trainer_state.json").write_text("{}", encoding="utf-8")
+    argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "e")]
+    assert eval_hf.main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{checkpoint} is a training checkpoint" in error and str(tmp_path / "run" / "final") in error
+    assert "--resume_from_checkpoint true" in error and "Traceback" not in error
