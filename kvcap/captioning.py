@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .disk import disk_full_error, is_disk_full
 from .generation import GenerationArguments, generate_captions_detailed
 
 logger = logging.getLogger(__name__)
@@ -91,15 +92,21 @@ class CaptionJournal:
         """Append ``rows`` and flush them to disk: a kill after this loses none of them."""
         if not rows:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.meta_path.exists():
-            self.meta_path.write_text(json.dumps(self.identity, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        with self.path.open("a", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                (self.failed if row.get("error") else self.done)[row[self.key]] = row
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.meta_path.exists():
+                meta = json.dumps(self.identity, ensure_ascii=False, indent=1) + "\n"
+                self.meta_path.write_text(meta, encoding="utf-8")
+            with self.path.open("a", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    (self.failed if row.get("error") else self.done)[row[self.key]] = row
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            if is_disk_full(error, self.path):
+                raise disk_full_error(self.path, "captions", error) from error
+            raise
 
     def remove(self) -> None:
         """Delete the journal and its side file (the job's results now live elsewhere)."""

@@ -193,3 +193,32 @@ def run_argv(tiny_backbones: dict[str, Path], corpus: Path, output_dir: Path, **
     for key, value in values.items():
         argv += [f"--{key}", str(value)]
     return argv
+
+
+def needs(available: bool, what: str) -> None:
+    """Skip a test whose machine lacks ``what``, except under CI (``KVCAP_CI=1``), where it must be there."""
+    if available:
+        return
+    if os.environ.get("KVCAP_CI") == "1":
+        pytest.fail(f"{what} is required under CI (KVCAP_CI=1)")
+    pytest.skip(f"needs {what}; CI provides it and runs this test")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Callable[[int], Path]:
+    """``tiny_disk(size_bytes)``: a folder on a tmpfs of that size (mounted for the test, unmounted after)."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+        needs(done.returncode == 0, f"mounting a tmpfs (as root; {done.stderr.strip() or 'refused'})")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -358,3 +358,12 @@ def test_a_killed_runs_half_written_files_are_removed_and_counted(train_set, mod
         run_cache(train_set.select(range(2)), model, tiny_tokenizer, tmp_path, **SHARD)
     assert not stale.exists() and fresh.exists()
     assert "removed 1 half-written file(s) of interrupted runs (3.0 MB)" in caplog.text
+
+
+def test_a_full_disk_names_the_shard_that_did_not_fit(train_set, model, tiny_tokenizer, tiny_disk):
+    from kvcap.disk import DiskFullError
+
+    _, report, _ = run_cache(train_set, model, tiny_tokenizer, tiny_disk(64 << 20), **SHARD)
+    disk = tiny_disk(report.bytes_on_disk // 2)  # room for half the features
+    with pytest.raises(DiskFullError, match=r"writing a feature shard at .*shard-[0-9a-f]+\.arrow failed"):
+        run_cache(train_set, model, tiny_tokenizer, disk, **SHARD)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,9 +16,9 @@ from kvcap.evaluation import ScoringArguments, evaluate_records, load_split_reco
 from kvcap.evaluation.report import render_report
 from kvcap.evaluation.run import add_report_thumbnails, write_outputs
 
+from .conftest import needs
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# CI installs Chromium and sets this, so the browser test cannot be skipped there.
-BROWSER_REQUIRED = os.environ.get("KVCAP_REQUIRE_BROWSER") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +83,7 @@ viewport:document.documentElement.clientWidth,page:document.documentElement.scro
 
 
 def test_the_clip_table_fits_a_1400_pixel_window_in_chromium(report: Path, tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        if BROWSER_REQUIRED:
-            pytest.fail("Chromium is required here (KVCAP_REQUIRE_BROWSER=1): apt-get install chromium")
-        pytest.skip("needs Debian's chromium (apt-get install chromium); CI installs it and runs this test")
+    needs(CHROMIUM is not None, "Debian's chromium (apt-get install chromium)")
     probed = tmp_path / "probed.html"
     probed.write_text(report.read_text(encoding="utf-8").replace("</body>", LAYOUT_PROBE + "</body>"), "utf-8")
     command = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..corpus import open_split
+
+logger = logging.getLogger(__name__)
 
 
 class EvaluationInputError(ValueError):
@@ -103,8 +106,30 @@ def load_split_records(
     return records_from_dataset(dataset, max_samples), scan
 
 
+def _prediction_lines(file: Path) -> list[str]:
+    """The file's lines, read as UTF-8 (BOM or not), else as CP949 (a file saved by Korean Windows tools)."""
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as utf8_error:
+        try:
+            text = raw.decode("cp949")
+        except UnicodeDecodeError:
+            line = raw[: utf8_error.start].count(b"\n") + 1
+            raise EvaluationInputError(
+                f"{file}:{line}: neither UTF-8 nor CP949 ({utf8_error.reason} at byte {utf8_error.start})"
+            ) from utf8_error
+        logger.warning(f"{file}: not UTF-8; read as CP949")
+        return text.splitlines()
+
+
 def load_prediction_records(path: str, data_dir: str | None = None, split: str = "val") -> list[ClipRecord]:
-    """Records from a ``predictions.jsonl``; with ``data_dir``, paths, categories and labels come from the corpus."""
+    """Records from a ``predictions.jsonl``; with ``data_dir``, paths, categories and labels come from the corpus.
+
+    Every line must be a JSON object with a string ``video_id`` and ``prediction`` (and a string ``reference``
+    unless ``data_dir`` supplies it); a mistake raises :class:`EvaluationInputError` naming the file and line. A
+    ``"prediction": null`` is kept as a clip without a caption (counted and listed), not dropped.
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
@@ -112,32 +137,39 @@ def load_prediction_records(path: str, data_dir: str | None = None, split: str =
     if data_dir is not None:
         corpus = {record.video_id: record for record in load_split_records(data_dir, split)[0]}
     records = []
-    with file.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise EvaluationInputError(f"{path}:{line_number}: not JSON ({error.msg})") from error
-            missing = [key for key in ("video_id", "prediction") if key not in row]
-            known = corpus.get(row.get("video_id"))
-            if "reference" not in row and known is None:
-                missing.append("reference")
-            if missing:
-                raise EvaluationInputError(f"{path}:{line_number}: missing {', '.join(missing)}")
-            records.append(
-                ClipRecord(
-                    video_id=row["video_id"],
-                    video_path=known.video_path if known else row.get("video_path"),
-                    category=known.category if known else row.get("category"),
-                    reference=row.get("reference", known.reference if known else ""),
-                    prediction=row["prediction"],
-                    attributes=known.attributes if known else row.get("attributes"),
-                    num_tokens=row.get("num_tokens"),
-                    finished=row.get("finished"),
-                )
+    for line_number, line in enumerate(_prediction_lines(file), 1):
+        where = f"{path}:{line_number}"
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise EvaluationInputError(f"{where}: not JSON ({error.msg})") from error
+        if not isinstance(row, dict):
+            raise EvaluationInputError(f"{where}: a line must be a JSON object, got {type(row).__name__}")
+        missing = [key for key in ("video_id", "prediction") if key not in row]
+        known = corpus.get(row.get("video_id"))
+        if "reference" not in row and known is None:
+            missing.append("reference")
+        if missing:
+            raise EvaluationInputError(f"{where}: missing {', '.join(missing)}")
+        for key, allowed in (("video_id", (str,)), ("prediction", (str, type(None))), ("reference", (str,))):
+            if key in row and not isinstance(row[key], allowed):
+                kind = "a string or null" if key == "prediction" else "a string"
+                raise EvaluationInputError(f"{where}: {key} must be {kind}, got {type(row[key]).__name__}")
+        records.append(
+            ClipRecord(
+                video_id=row["video_id"],
+                video_path=known.video_path if known else row.get("video_path"),
+                category=known.category if known else row.get("category"),
+                reference=row.get("reference", known.reference if known else ""),
+                prediction=row["prediction"],
+                attributes=known.attributes if known else row.get("attributes"),
+                num_tokens=row.get("num_tokens"),
+                finished=row.get("finished"),
+                error=None if row["prediction"] is not None else f"no prediction ({where}: null)",
             )
+        )
     if not records:
         raise EvaluationInputError(f"{path} holds no predictions")
     return records

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..captioning import CaptionJournal
+from ..disk import disk_full_error, is_disk_full
 from ..generation import GenerationArguments, generate_captions_detailed, input_device
 from .records import ClipRecord
 from .report import frames_to_data_uris, write_report
@@ -225,10 +226,15 @@ def write_outputs(
     """Write ``predictions.jsonl``, ``metrics.json`` and ``report.html``; returns their paths."""
     output_dir = Path(output_dir)
     paths = {name: output_dir / name for name in OUTPUT_FILES}
-    write_predictions(output_dir, records)
-    paths["metrics.json"].write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    rows = [_report_row(r) for r in records if r.prediction is not None]
-    write_report(paths["report.html"], metrics, rows, title=title, frame_height=frame_height)
+    try:
+        write_predictions(output_dir, records)
+        paths["metrics.json"].write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        rows = [_report_row(r) for r in records if r.prediction is not None]
+        write_report(paths["report.html"], metrics, rows, title=title, frame_height=frame_height)
+    except OSError as error:
+        if is_disk_full(error, output_dir):
+            raise disk_full_error(output_dir, "the evaluation's outputs", error) from error
+        raise
     return paths
 
 

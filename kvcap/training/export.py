@@ -19,6 +19,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 
 from modeling_kvcap import KVCapForConditionalGeneration
 
+from ..disk import disk_full_error, is_disk_full
+
 
 def trained_projector(model: torch.nn.Module) -> torch.nn.Module:
     """The projector as trained: PEFT's trained copy when the projector was a `modules_to_save` module."""
@@ -68,9 +70,14 @@ def export_merged_model(
     merged = with_adapter.merge_and_unload().eval()
 
     output_dir = Path(output_dir)
-    merged.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    trained.save_pretrained(output_dir / "adapter")
+    try:
+        merged.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        trained.save_pretrained(output_dir / "adapter")
+    except Exception as error:
+        if is_disk_full(error, output_dir):
+            raise disk_full_error(output_dir, "the final model folder", error) from error
+        raise
     return merged
 
 

@@ -76,6 +76,8 @@ import torch
 
 from processing.video_io import VideoReadError, sample_frame_indices
 
+from ..disk import disk_full_error, is_disk_full
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -473,6 +475,28 @@ def _to_storage(features: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return stored.cpu().numpy()
 
 
+def _encode_shard(
+    shard: _Shard,
+    folder: Path,
+    encode: Callable[[dict[str, list], list[int]], dict[str, list]],
+    features: datasets.Features,
+    batch_size: int,
+    writer_batch_size: int,
+) -> datasets.Dataset:
+    """One ``datasets.map`` call writing the shard's Arrow file (see the module docstring)."""
+    return datasets.Dataset.from_dict({"video_path": list(shard.paths)}).map(
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        features=features,
+        cache_file_name=str(shard.arrow(folder)),
+        new_fingerprint=shard.key,
+        load_from_cache_file=False,
+        writer_batch_size=writer_batch_size,
+    )
+
+
 def _compute_shard(
     shard: _Shard,
     folder: Path,
@@ -508,17 +532,11 @@ def _compute_shard(
         return {FEATURES_COLUMN: rows, ERROR_COLUMN: [error for _, error in decoded]}
 
     try:
-        shard_ds = datasets.Dataset.from_dict({"video_path": list(shard.paths)}).map(
-            encode,
-            batched=True,
-            batch_size=batch_size,
-            with_indices=True,
-            features=features,
-            cache_file_name=str(shard.arrow(folder)),
-            new_fingerprint=shard.key,
-            load_from_cache_file=False,
-            writer_batch_size=writer_batch_size,
-        )
+        shard_ds = _encode_shard(shard, folder, encode, features, batch_size, writer_batch_size)
+    except Exception as error:
+        if is_disk_full(error, folder):
+            raise disk_full_error(shard.arrow(folder), "a feature shard", error) from error
+        raise
     finally:
         prefetcher.close()
     errors = zip(list(shard_ds["video_path"]), list(shard_ds[ERROR_COLUMN]), strict=True)
