@@ -620,6 +620,7 @@ def test_without_the_feature_cache_a_bad_clip_is_skipped_not_fatal(tiny_backbone
     corrupt_first_keyframe(source, videos / "damaged.mp4")
     for stem in ("cut", "damaged"):
         shutil.copy(labels / f"{source.stem}.json", labels / f"{stem}.json")
+    (corpus / "train" / "TS_2.zip").write_bytes(b"PK\x03\x04")  # part of the corpus left unextracted
     argv = run_argv(tiny_backbones, corpus, tmp_path / "run", use_feature_cache=False, per_device_train_batch_size=5)
     with caplog.at_level("WARNING"):
         run = train_hf.prepare_run(argv)
@@ -628,3 +629,4 @@ def test_without_the_feature_cache_a_bad_clip_is_skipped_not_fatal(tiny_backbone
     assert run.trainer.state.global_step == 4  # both epochs, every step
     assert "unreadable_video=1" in caplog.text and "damaged.mp4" in caplog.text
     assert "Skipped a clip that cannot be decoded" in caplog.text
+    assert "1 archive(s) not extracted" in caplog.text  # training says so too, not only load_aihub's callers
