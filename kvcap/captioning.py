@@ -21,12 +21,17 @@ from typing import Any
 
 import torch
 
+from processing.aihub import VIDEO_EXTENSIONS as CORPUS_VIDEO_EXTENSIONS
+from processing.aihub import walk_once
+
 from .disk import disk_full_error, is_disk_full
 from .generation import GenerationArguments, generate_captions_detailed
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+# The corpus scan's video extensions, as a tuple for str.endswith.
+VIDEO_EXTENSIONS = tuple(sorted(CORPUS_VIDEO_EXTENSIONS))
+# How an error begins when the clip was read but could not be captioned.
 GENERATION_FAILED = "generation failed"
 
 
@@ -123,18 +128,8 @@ def find_videos(root: str | os.PathLike) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            info = os.stat(dirpath)
-        except OSError:
-            dirnames.clear()
-            continue
-        if (info.st_dev, info.st_ino) in seen:
-            dirnames.clear()
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        dirnames.sort()
+    found = []
+    for dirpath, filenames in walk_once(root):
         found += [os.path.join(dirpath, name) for name in filenames if name.lower().endswith(VIDEO_EXTENSIONS)]
     return sorted(found)
 
@@ -217,7 +212,7 @@ def caption_files(
         for batch in loader:
             ready = [(path, frames) for path, frames, why in batch if why is None]
             captioned = {
-                row["video_path"]: row for row in _caption_ready(ready, model, processor, generation.prompt, kwargs)
+                row["video_path"]: row for row in caption_decoded(ready, model, processor, generation.prompt, kwargs)
             }
             # In the order of the paths given, unreadable ones in their place.
             rows = [
@@ -237,10 +232,11 @@ def caption_files(
     return summary
 
 
-def _caption_ready(
+def caption_decoded(
     ready: Sequence[tuple[str, Any]], model: torch.nn.Module, processor: Any, prompt: str | None, kwargs: dict
 ) -> list[dict[str, Any]]:
-    """Rows for decoded clips: one batched generate, or one clip at a time when the batch fails."""
+    """Rows, in order, for ``(path, frames)`` of decoded clips: one batched generate, or one clip at a time when
+    the batch fails (a clip that fails alone gets an ``error`` row)."""
     if not ready:
         return []
     try:
@@ -249,7 +245,7 @@ def _caption_ready(
         )
     except Exception as error:  # one clip that cannot be captioned must not lose the others
         if len(ready) > 1:
-            return [row for item in ready for row in _caption_ready([item], model, processor, prompt, kwargs)]
+            return [row for item in ready for row in caption_decoded([item], model, processor, prompt, kwargs)]
         logger.warning(f"{ready[0][0]}: {GENERATION_FAILED}: {type(error).__name__}: {error}")
         return [{"video_path": ready[0][0], "error": f"{GENERATION_FAILED}: {type(error).__name__}: {error}"}]
     return [

@@ -254,14 +254,11 @@ def _dir_role(name: str) -> str | None:
     return None
 
 
-def _list_files(split_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """(labels, videos, archives) under ``split_dir``. Inside a labels/videos (or TL_/TS_, 02./01.) subtree
-    only that kind counts; if the split has no such subtree, files are taken from anywhere in it."""
-    by_role: dict[str | None, tuple[list[Path], list[Path]]] = {None: ([], []), "label": ([], []), "video": ([], [])}
-    archives: list[Path] = []
+def walk_once(root: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, file names)`` under ``root``, folders in sorted order. Linked folders are followed (data is
+    often linked in), each real folder once, so a link loop ends; a folder that cannot be read is passed over."""
     seen: set[tuple[int, int]] = set()
-    # Linked folders are followed (data is often linked in), each real folder once, so a link loop ends.
-    for dirpath, dirnames, filenames in os.walk(split_dir, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         try:
             info = os.stat(dirpath)
         except OSError:
@@ -272,6 +269,15 @@ def _list_files(split_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
             continue
         seen.add((info.st_dev, info.st_ino))
         dirnames.sort()
+        yield dirpath, filenames
+
+
+def _list_files(split_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(labels, videos, archives) under ``split_dir``. Inside a labels/videos (or TL_/TS_, 02./01.) subtree
+    only that kind counts; if the split has no such subtree, files are taken from anywhere in it."""
+    by_role: dict[str | None, tuple[list[Path], list[Path]]] = {None: ([], []), "label": ([], []), "video": ([], [])}
+    archives: list[Path] = []
+    for dirpath, filenames in walk_once(split_dir):
         rel = Path(dirpath).relative_to(split_dir).parts
         role = next((r for r in map(_dir_role, rel) if r is not None), None)
         jsons, videos = by_role[role]

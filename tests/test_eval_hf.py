@@ -284,19 +284,19 @@ def test_a_clip_that_fails_to_generate_is_recorded_and_the_others_are_captioned(
 ) -> None:
     import numpy as np
 
-    from kvcap.evaluation import run as evaluation_run
+    from kvcap import captioning
 
     _, processor = eval_hf.load_model_and_processor(str(checkpoint), device="cpu")
     failing = str(corpus / "val" / "videos" / "kvcap_demo_val_00002.mp4")
     failing_frames = processor.load_frames(failing)
-    generate = evaluation_run.generate_captions_detailed
+    generate = captioning.generate_captions_detailed
 
     def fails_on_one_clip(model, processor, videos, *args, **kwargs):
         if any(np.array_equal(clip, failing_frames) for clip in videos):
             raise RuntimeError("CUDA out of memory (simulated)")
         return generate(model, processor, videos, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation_run, "generate_captions_detailed", fails_on_one_clip)
+    monkeypatch.setattr(captioning, "generate_captions_detailed", fails_on_one_clip)
     argv = ["--model_name_or_path", str(checkpoint), "--data_dir", str(corpus), "--output_dir", str(tmp_path)]
     assert eval_hf.main([*argv, "--batch_size", "4", *GENERATION_ARGS]) == 0
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -414,6 +414,7 @@ def test_video_dir_writes_captions_jsonl_resumes_and_refuses_other_settings(
 def test_an_evaluation_whose_scoring_failed_resumes_from_its_captions(
     checkpoint: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from kvcap import captioning
     from kvcap.evaluation import run as evaluation_run
 
     out = tmp_path / "eval"
@@ -427,7 +428,7 @@ def test_an_evaluation_whose_scoring_failed_resumes_from_its_captions(
     def must_not_generate(*args, **kwargs):
         raise AssertionError("a resumed evaluation generated a caption it already had")
 
-    monkeypatch.setattr(evaluation_run, "generate_captions_detailed", must_not_generate)
+    monkeypatch.setattr(captioning, "generate_captions_detailed", must_not_generate)
     assert eval_hf.main([*argv, *GENERATION_ARGS]) == 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sorted(row["prediction"] for row in rows) == sorted(row["prediction"] for row in made if "prediction" in row)

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ..captioning import CaptionJournal
+from ..captioning import GENERATION_FAILED, CaptionJournal, caption_decoded
 from ..disk import disk_full_error, is_disk_full
-from ..generation import GenerationArguments, generate_captions_detailed, input_device
+from ..generation import GenerationArguments, input_device
 from .records import ClipRecord
 from .report import frames_to_data_uris, write_report
 from .scoring import ScoringArguments, evaluate_records, token_length_stats
@@ -28,8 +28,6 @@ METRICS_SCHEMA_VERSION = 2
 OUTPUT_FILES = ("predictions.jsonl", "metrics.json", "report.html")
 # Captions appended as an evaluation makes them, until its outputs are written: what a killed run resumes from.
 PARTIAL_CAPTIONS = "captions.partial.jsonl"
-# How a record's error begins when its clip was read but could not be captioned.
-GENERATION_FAILED = "generation failed"
 
 
 def video_read_error(processor: Any) -> type[Exception]:
@@ -140,24 +138,21 @@ def _caption_batch(
     prompt: str | None,
     kwargs: dict[str, Any],
 ) -> int:
-    """Caption ``records`` (their decoded ``frames``) in one batch, or one at a time if the batch fails; returns
+    """Caption ``records`` (their decoded ``frames``) as :func:`kvcap.captioning.caption_decoded` does; returns
     how many were captioned."""
-    try:
-        results = generate_captions_detailed(model, processor, frames, len(frames), prompt=prompt, **kwargs)
-    except Exception as error:  # one clip that cannot be captioned must not lose the others
-        if len(records) > 1:
-            return sum(
-                _caption_batch([record], [clip], model, processor, prompt, kwargs)
-                for record, clip in zip(records, frames, strict=True)
-            )
-        records[0].error = f"{GENERATION_FAILED}: {type(error).__name__}: {error}"
-        logger.warning(f"{records[0].video_path}: {records[0].error}")
-        return 0
-    for record, result in zip(records, results, strict=True):
-        record.prediction = result.caption
-        record.num_tokens = result.num_tokens
-        record.finished = result.finished
-    return len(records)
+    rows = caption_decoded(
+        [(record.video_path, clip) for record, clip in zip(records, frames, strict=True)],
+        model,
+        processor,
+        prompt,
+        kwargs,
+    )
+    for record, row in zip(records, rows, strict=True):
+        if row.get("error"):
+            record.error = row["error"]
+        else:
+            record.prediction, record.num_tokens, record.finished = row["caption"], row["num_tokens"], row["finished"]
+    return sum(not row.get("error") for row in rows)
 
 
 def add_report_thumbnails(records: Sequence[ClipRecord], height: int, num_frames: int = 8) -> None:
