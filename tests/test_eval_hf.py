@@ -214,13 +214,19 @@ def test_caption_command_names_bad_videos(
     loop = tmp_path / "loop.mp4"
     loop.symlink_to(tmp_path / "loop2.mp4")
     (tmp_path / "loop2.mp4").symlink_to(loop)
+    from PIL import Image
+
+    picture = tmp_path / "photo.mp4"
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(picture, format="PNG")  # a still image renamed .mp4
     # Not all-or-nothing: the good clip is captioned, each bad path is named with why, and the status says so.
-    argv = ["--model_name_or_path", str(checkpoint), "--video", missing, good, folder, str(loop), *GENERATION_ARGS]
+    bad = [missing, folder, str(loop), str(picture)]
+    argv = ["--model_name_or_path", str(checkpoint), "--video", bad[0], good, *bad[1:], *GENERATION_ARGS]
     assert eval_hf.main(argv) == 1
     captured = capsys.readouterr()
     assert [line.split("\t")[0] for line in captured.out.splitlines()] == [good]
     assert f"{missing}\tERROR: " in captured.err and "file not found" in captured.err
     assert "not a regular file (a directory)" in captured.err and "symbolic link loop" in captured.err
+    assert "a still image (png), not a video" in captured.err
 
     broken = str(corpus / "val" / "videos" / f"{BROKEN_ID}.mp4")
     assert eval_hf.main(["--model_name_or_path", str(checkpoint), "--video", broken, good, *GENERATION_ARGS]) == 1
@@ -467,3 +473,17 @@ def test_a_training_checkpoint_is_named_as_one_with_what_to_load_instead(
     error = capsys.readouterr().err
     assert f"{checkpoint} is a training checkpoint" in error and str(tmp_path / "run" / "final") in error
     assert "--resume_from_checkpoint true" in error and "Traceback" not in error
+
+
+def test_a_missing_split_or_folder_is_one_line_before_the_model_loads(
+    checkpoint: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(eval_hf, "load_model_and_processor", must_not_load)
+    argv = ["--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path / "e")]
+    assert eval_hf.main([*argv, "--data_dir", str(corpus), "--split", "test"]) == 2
+    assert f"no usable clips for split 'test' under {corpus}" in capsys.readouterr().err
+    assert eval_hf.main([*argv, "--data_dir", str(tmp_path / "no-corpus")]) == 2
+    assert f"data folder not found: {tmp_path / 'no-corpus'}" in capsys.readouterr().err
