@@ -15,6 +15,7 @@ from .modeling_kvcap import (
     kvcap_4bit_config,
     kvcap_generation_config,
 )
+from .pipeline_kvcap import KVCapVideoCaptioningPipeline
 from .projectors import build_projector
 
 AutoConfig.register(KVCapConfig.model_type, KVCapConfig, exist_ok=True)
@@ -32,6 +33,7 @@ __all__ = [
     "KVCapForConditionalGeneration",
     "KVCapModel",
     "KVCapPreTrainedModel",
+    "KVCapVideoCaptioningPipeline",
     "build_projector",
     "kvcap_4bit_config",
     "kvcap_generation_config",

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+PIPELINE_TASK = "video-captioning"
+# The pipeline every saved folder names (and carries, in pipeline_kvcap.py): pipeline() imports `impl` from the
+# folder and loads the model with `pt`.
+CUSTOM_PIPELINES = {
+    PIPELINE_TASK: {
+        "impl": "pipeline_kvcap.KVCapVideoCaptioningPipeline",
+        "pt": ["AutoModel"],
+        "tf": [],
+        "type": "multimodal",
+    }
+}
 PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
 # Projectors that keep every patch of every frame as a video token; the others compress a clip to num_query_tokens.
 PER_PATCH_PROJECTORS = ("linear", "mlp_2l")
@@ -152,6 +165,9 @@ class KVCapConfig(PreTrainedConfig):
         # An untied head is what Qwen3-8B ships; follow the text model for smaller Qwen3 variants that tie.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+        # Saved into config.json, so that `pipeline(model=folder, trust_remote_code=True)` finds kvcap's pipeline.
+        if not getattr(self, "custom_pipelines", None):
+            self.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
 
     @property
     def patch_grid(self) -> int:

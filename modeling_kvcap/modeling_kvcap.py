@@ -25,6 +25,9 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import logging
 
 from .configuration_kvcap import DEFAULT_TEXT_MODEL, DEFAULT_VISION_MODEL, KVCapConfig
+
+# Imported so that save_pretrained copies it beside the model: pipeline(model=folder) loads it from there.
+from .pipeline_kvcap import KVCapVideoCaptioningPipeline  # noqa: F401
 from .projectors import KVCapCAbstractor, KVCapPerceiverResampler, build_projector
 
 logger = logging.get_logger(__name__)

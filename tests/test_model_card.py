@@ -53,6 +53,8 @@ def test_the_card_carries_hub_metadata_and_a_model_index(tmp_path: Path):
 def test_the_card_body_shows_usage_counts_and_a_quantization_a_hub_user_can_type(tmp_path: Path):
     text = _card(tmp_path, KVCapConfig()).text
     assert 'AutoModel.from_pretrained("kim/kvcap-mlp", trust_remote_code=True)' in text
+    assert 'pipeline(model="kim/kvcap-mlp", trust_remote_code=True)' in text  # the one-liner comes first
+    assert text.index("pipeline(model=") < text.index("AutoModel.from_pretrained(")
     assert "| val_num_clips | 60 |" in text and "| val_meteor | 0.5838 |" in text
     # No import of this package: the 4-bit setup is spelled out with transformers' own BitsAndBytesConfig.
     assert "BitsAndBytesConfig(" in text and "kvcap_4bit_config" not in text
