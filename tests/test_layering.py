@@ -3,9 +3,9 @@
 - `modeling_kvcap/`, `processing/`: copied to the Hub as they are: relative imports of their own files only.
 - `kvcap/metrics/<name>/`: `evaluate` loads one file of a metric: it imports nothing of the project.
 - `kvcap/` (library): the Hub packages, the metrics and itself; never the demo (`kvcap.demo`) outside `kvcap/demo/`.
-- `train_hf.py`, `eval_hf.py`: thin scripts over the library; neither imports the other nor the demo.
-- Nothing imports `train_hf`, `eval_hf`, `scripts`, `bench` or `tests`, except that a test may import the script it
-  tests, and tests import their own fixtures.
+- `train_hf.py`, `eval_hf.py`, `app.py`: thin scripts over the library; none imports another or the demo.
+- Nothing imports `train_hf`, `eval_hf`, `app`, `scripts`, `bench` or `tests`, except that a test may import the
+  script it tests, and tests import their own fixtures.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROJECT = {"modeling_kvcap", "processing", "kvcap", "train_hf", "eval_hf", "bench", "tests", "scripts"}
-NEVER_IMPORTED = {"train_hf", "eval_hf", "scripts", "bench", "tests"}
+PROJECT = {"modeling_kvcap", "processing", "kvcap", "train_hf", "eval_hf", "app", "bench", "tests", "scripts"}
+NEVER_IMPORTED = {"train_hf", "eval_hf", "app", "scripts", "bench", "tests"}
 
 
 def imports_of(path: Path) -> list[tuple[int, str, int]]:
@@ -64,7 +64,7 @@ def violations(path: Path) -> list[str]:
             problems.append(f"{where}: nothing imports {target_top}")
         elif (
             target.startswith("kvcap.demo")
-            and top in ("kvcap", "train_hf", "eval_hf")
+            and top in ("kvcap", "train_hf", "eval_hf", "app")
             and (relative.parts[:2] != ("kvcap", "demo"))
         ):
             problems.append(f"{where}: the product does not import the demo")
@@ -72,7 +72,7 @@ def violations(path: Path) -> list[str]:
 
 
 def project_files() -> list[Path]:
-    files = [REPO_ROOT / "train_hf.py", REPO_ROOT / "eval_hf.py"]
+    files = [REPO_ROOT / "train_hf.py", REPO_ROOT / "eval_hf.py", REPO_ROOT / "app.py"]
     for folder in ("modeling_kvcap", "processing", "kvcap", "bench", "tests"):
         files += sorted((REPO_ROOT / folder).rglob("*.py"))
     return files
@@ -102,6 +102,8 @@ def test_the_scripts_folder_is_gone_and_the_layers_exist():
         ("kvcap/evaluation/x.py", "from kvcap.demo.corpus import generate_corpus", "does not import the demo"),
         ("kvcap/training/x.py", "from ..demo import prepare", "does not import the demo"),
         ("train_hf.py", "from eval_hf import main", "nothing imports eval_hf"),
+        ("app.py", "from kvcap.demo import prepare", "does not import the demo"),
+        ("kvcap/space.py", "import app", "nothing imports app"),
         ("eval_hf.py", "from kvcap.demo import tiny_backbones", "does not import the demo"),
         ("bench/x.py", "from bench_generate import build", "nothing imports bench"),
         ("bench/x.py", "from tests.conftest import tiny_processor", "nothing imports tests"),
