@@ -432,9 +432,16 @@ def _video_problems(paths: list[Path], mode: VideoCheck, num_workers: int | None
     problems = [_header_problem(p) for p in paths]
     todo = [i for i, p in enumerate(problems) if p is None]
     workers = num_workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    from tqdm.auto import tqdm
+
+    # A probe of the full corpus takes minutes on a slow disk: a bar (files/s, ETA) shows it moving.
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(todo), desc="kvcap: probing videos", unit="file", disable=len(todo) < 100) as bar,
+    ):
         for i, problem in zip(todo, pool.map(_probe_problem, [paths[i] for i in todo]), strict=True):
             problems[i] = problem
+            bar.update()
     return problems
 
 

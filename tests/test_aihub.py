@@ -354,3 +354,17 @@ def test_unextracted_archives_are_said_by_load_aihub(demo: Path, tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="processing.aihub"):
         aihub.load_aihub(tmp_path, "train")
     assert "1 archive(s) not extracted" in caplog.text and "TS_2.zip" in caplog.text
+
+
+def test_probing_a_large_split_shows_its_progress(demo: Path, tmp_path: Path, capsys) -> None:
+    video = sorted((demo / "train" / "videos").glob("*.mp4"))[0]
+    label = demo / "train" / "labels" / f"{video.stem}.json"
+    (tmp_path / "train" / "videos").mkdir(parents=True)
+    (tmp_path / "train" / "labels").mkdir()
+    for index in range(120):
+        shutil.copy(video, tmp_path / "train" / "videos" / f"clip_{index:03d}.mp4")
+        shutil.copy(label, tmp_path / "train" / "labels" / f"clip_{index:03d}.json")
+    report = aihub.scan_aihub(tmp_path, "train", video_check="probe")
+    assert report.splits["train"].num_usable == 120
+    shown = capsys.readouterr().err
+    assert "kvcap: probing videos" in shown and "120/120" in shown and "file/s" in shown

@@ -23,11 +23,14 @@ def test_vision_pretraining_lowers_its_loss_and_changes_the_tower(tiny_tokenizer
     assert not vision.training
 
 
-def test_language_pretraining_lowers_its_loss(tiny_tokenizer):
+def test_language_pretraining_lowers_its_loss_and_shows_its_progress(tiny_tokenizer, capsys):
     torch.manual_seed(0)
     language_model = Qwen3ForCausalLM(tiny_text_config(len(tiny_tokenizer), tiny_tokenizer))
     losses = pretrain_language_model(language_model, tiny_tokenizer, steps=30, batch_size=16, num_captions=300)
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    # Minutes of work on a free CPU and far more on a busy one: a bar with its rate shows it is moving.
+    shown = capsys.readouterr().err
+    assert "kvcap demo: pretraining the language model" in shown and "30/30" in shown and "step/s" in shown
 
 
 def test_pretraining_caption_says_what_one_frame_shows():

@@ -44,7 +44,7 @@ def _text(accumulator: EventAccumulator, tag: str) -> list[tuple[int, str]]:
     return [(event.step, event.tensor_proto.string_val[0].decode()) for event in events]
 
 
-def test_a_run_reporting_to_tensorboard_logs_captions_and_final_figures(tiny_backbones, tmp_path):
+def test_a_run_reporting_to_tensorboard_logs_captions_and_final_figures(tiny_backbones, tmp_path, capsys):
     corpus = tmp_path / "corpus"
     generate_corpus(corpus, num_train=8, num_val=4, seed=0)
     output_dir = tmp_path / "run"
@@ -59,6 +59,8 @@ def test_a_run_reporting_to_tensorboard_logs_captions_and_final_figures(tiny_bac
         per_device_train_batch_size=4,
     )
     metrics = train_hf.main(argv)
+    # --disable_tqdm (as run_argv passes it) reaches the feature cache's bar too, as it does the Trainer's.
+    assert "kvcap vision features" not in capsys.readouterr().err
     events = _events(output_dir)
     steps = sorted({event.step for event in events.Scalars("train/loss")})
     final_step = max(steps)

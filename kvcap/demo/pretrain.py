@@ -142,7 +142,7 @@ def pretrain_vision_tower(
         )
         return outputs.loss + object_loss_weight * object_loss
 
-    losses = _fit(clip, batch_loss, steps, learning_rate)
+    losses = _fit(clip, batch_loss, steps, learning_rate, "pretraining the vision tower")
     vision.load_state_dict(clip.vision_model.state_dict())
     vision.eval()
     return losses
@@ -180,18 +180,29 @@ def pretrain_language_model(
             input_ids=encoded.input_ids[picks], attention_mask=encoded.attention_mask[picks], labels=labels[picks]
         ).loss
 
-    losses = _fit(language_model, batch_loss, steps, learning_rate)
+    losses = _fit(language_model, batch_loss, steps, learning_rate, "pretraining the language model")
     language_model.eval()
     return losses
 
 
-def _fit(model: torch.nn.Module, batch_loss, steps: int, learning_rate: float) -> list[float]:
-    """AdamW with a one-cycle schedule and grad-norm clipping over `steps` batches; returns the losses."""
+def _fit(
+    model: torch.nn.Module, batch_loss, steps: int, learning_rate: float, description: str = "pretraining"
+) -> list[float]:
+    """AdamW with a one-cycle schedule and grad-norm clipping over `steps` batches; returns the losses.
+
+    A progress bar (steps/s, ETA, the loss) shows it is moving: minutes on a free CPU, much longer on a busy one.
+    `TQDM_DISABLE=1` turns it off.
+    """
+    from tqdm.auto import tqdm
+
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
     losses = []
-    for _ in range(steps):
+    bar = tqdm(range(steps), desc=f"kvcap demo: {description}", unit="step", mininterval=2.0)
+    for step in bar:
+        if step and step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
         loss = batch_loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -167,8 +167,10 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
         from .feature_cache import cache_video_features
 
         encoder = model.get_base_model()
-        train_dataset = cache_video_features(train_dataset, encoder, processor, cache_dir=data_args.feature_cache_dir)
-        eval_dataset = cache_video_features(eval_dataset, encoder, processor, cache_dir=data_args.feature_cache_dir)
+        # The Trainer's --disable_tqdm turns the cache's bar off too.
+        options = {"cache_dir": data_args.feature_cache_dir, "progress": not training_args.disable_tqdm}
+        train_dataset = cache_video_features(train_dataset, encoder, processor, **options)
+        eval_dataset = cache_video_features(eval_dataset, encoder, processor, **options)
 
     def caption_fn(model: torch.nn.Module, videos: list) -> list[str]:
         return generate_captions(model, processor, videos, batch_size=training_args.per_device_eval_batch_size)
