@@ -70,3 +70,21 @@ def test_local_backbone_folders_stay_out_of_base_model(tmp_path: Path):
     local = KVCapConfig(text_model_name_or_path=str(tmp_path / "org" / "model"), vision_model_name_or_path="a/b/c")
     card = _card(tmp_path, local, metrics=None)
     assert card.data.base_model is None and card.data.eval_results is None
+
+
+def test_a_corpus_with_a_hub_id_is_linked_under_datasets(tmp_path: Path):
+    assert _card(tmp_path / "aihub", KVCapConfig()).data.datasets is None  # AI-Hub's corpus has no Hub id
+    training_args = SimpleNamespace(
+        hub_model_id="kim/kvcap-mlp",
+        stage1_learning_rate=1e-3,
+        stage1_epochs=2,
+        stage2_learning_rate=5e-5,
+        stage2_epochs=3,
+    )
+    config = KVCapConfig()
+    path = write_model_card(
+        tmp_path, config, kvcap_generation_config(config), training_args, METRICS, "my copy", "kim/aihub-bg-captions"
+    )
+    data = ModelCard.load(path).data
+    assert data.datasets == ["kim/aihub-bg-captions"]
+    assert {result.dataset_type for result in data.eval_results} == {"kim/aihub-bg-captions"}

@@ -98,6 +98,13 @@ class DataArguments:
     )
     feature_cache_dir: str | None = field(default=None, metadata={"help": "Where cached features live."})
     dataset_name: str = field(default=AIHUB_CORPUS_NAME, metadata={"help": "The corpus' name, for the model card."})
+    dataset_hub_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The corpus' Hub id (org/name), when it has one: the model card links it under `datasets`. "
+            "AI-Hub's corpus has none, and is then named by --dataset_name only."
+        },
+    )
     prepare: dict | str | None = field(
         default=None,
         metadata={

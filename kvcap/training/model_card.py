@@ -59,13 +59,16 @@ def _quantization_snippet() -> list[str]:
     ]
 
 
-def card_data(config: Any, hub_id: str, dataset_name: str, metrics: dict[str, Any] | None) -> ModelCardData:
-    """The YAML metadata the Hub renders: language, license, library, task, tags, base models, model-index."""
+def card_data(
+    config: Any, hub_id: str, dataset_name: str, metrics: dict[str, Any] | None, dataset_id: str | None = None
+) -> ModelCardData:
+    """The YAML metadata the Hub renders: language, license, library, task, tags, base models, model-index, and
+    ``datasets`` when the corpus has a Hub id (AI-Hub's has none: it is then named in the model-index only)."""
     results = [
         EvalResult(
             task_type="video-text-to-text",
             task_name="Korean video captioning",
-            dataset_type="aihub-background-video-captions",
+            dataset_type=dataset_id or "aihub-background-video-captions",
             dataset_name=dataset_name,
             dataset_split="val",
             metric_type=metric_type,
@@ -82,6 +85,7 @@ def card_data(config: Any, hub_id: str, dataset_name: str, metrics: dict[str, An
         pipeline_tag="video-text-to-text",
         tags=[*TAGS, config.projector_type],
         base_model=hub_ids(config.text_model_name_or_path, config.vision_model_name_or_path) or None,
+        datasets=[dataset_id] if dataset_id else None,
         model_name=hub_id,
         eval_results=results or None,
     )
@@ -94,6 +98,7 @@ def write_model_card(
     training_args: Any,
     metrics: dict[str, Any] | None = None,
     dataset_name: str = AIHUB_CORPUS_NAME,
+    dataset_id: str | None = None,
 ) -> Path:
     """README.md with Hub metadata, usage, the training recipe, the evaluation metrics (when given) and limits."""
     output_dir = Path(output_dir)
@@ -158,7 +163,7 @@ def write_model_card(
         "- Which way things move is the weakest part of video captioning models; check it before relying on it.",
     ]
     card = ModelCard.from_template(
-        card_data(config, hub_id, dataset_name, metrics),
+        card_data(config, hub_id, dataset_name, metrics, dataset_id),
         template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
         body="\n".join(lines),
     )

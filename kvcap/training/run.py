@@ -274,7 +274,13 @@ def finish_run(run: TrainingRun) -> dict[str, Any]:
             metrics = final_evaluation(merged, run.processor, run)
         card = card_metrics(metrics) if metrics else None
         write_model_card(
-            final_dir, merged.config, merged.generation_config, training_args, card, run.data_args.dataset_name
+            final_dir,
+            merged.config,
+            merged.generation_config,
+            training_args,
+            card,
+            run.data_args.dataset_name,
+            run.data_args.dataset_hub_id,
         )
         write_adapter_card(final_dir / "adapter", merged.config, training_args.hub_model_id)
         logger.info(f"Final model: {final_dir}")
