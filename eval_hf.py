@@ -10,9 +10,15 @@ Score existing predictions without a model (reproduces the metrics of the run th
 
     python eval_hf.py --predictions OUT/predictions.jsonl --output_dir OUT2 [--siglip_model_name_or_path ...]
 
-Caption videos (one line per video on stdout: path, tab, caption)::
+Caption videos (one line per video on stdout: path, tab, caption; ``kvcap-caption`` is the same)::
 
     python eval_hf.py --model_name_or_path DIR_OR_HUB_ID --video a.mp4 b.mp4
+    python eval_hf.py --model_name_or_path DIR_OR_HUB_ID --video_dir ARCHIVE --output_dir OUT  # OUT/captions.jsonl
+
+Captioning decodes in ``--num_workers`` DataLoader workers while the model generates; a file that cannot be read is
+named and skipped. Every caption is appended to ``OUT/captions.jsonl`` (``--video_dir``) or, for an evaluation, to
+``OUT/captions.partial.jsonl`` as it is made, and the same command resumes a killed job from there. A model folder
+loads with this kvcap's own classes; its shipped code runs only with ``--trust_remote_code``.
 
 An evaluation writes ``predictions.jsonl`` (one clip a line, with its scores), ``metrics.json`` (overall and per
 category, the METEOR floor, diversity, and the seed's targets with pass/fail) and ``report.html`` (a self-contained

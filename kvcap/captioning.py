@@ -44,17 +44,20 @@ class CaptionJournal:
 
     ``identity`` names the job (model, decoding settings, what is captioned). An existing journal of the same
     identity is resumed: :attr:`done` holds its rows by ``key``; one of another identity is refused, since its
-    captions would be mixed with this job's.
+    captions would be mixed with this job's. ``resume=False`` deletes an existing one and starts afresh.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: dict[str, Any], key: str = "video_path"):
+    def __init__(self, path: str | os.PathLike, identity: dict[str, Any], key: str = "video_path", resume: bool = True):
         self.path = Path(path)
         self.meta_path = self.path.with_name(self.path.name + ".meta.json")
         self.key = key
         self.identity = json.loads(json.dumps(identity, default=str))  # as it reads back from the side file
         self.done: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, dict[str, Any]] = {}
-        self._resume()
+        if resume:
+            self._resume()
+        else:
+            self.remove()  # a fresh start: what an earlier job left is not this job's
 
     def _resume(self) -> None:
         if not self.path.exists():

@@ -125,3 +125,9 @@ def test_a_journal_of_another_job_is_refused_naming_what_differs(tmp_path: Path)
     with pytest.raises(JournalMismatchError, match=r"another job \(differing: decoding\)"):
         CaptionJournal(tmp_path / "captions.jsonl", {"model": "a", "decoding": {"max_new_tokens": 16}})
     assert CaptionJournal(tmp_path / "captions.jsonl", {"model": "a", "decoding": {"max_new_tokens": 8}}).done
+
+
+def test_a_fresh_start_deletes_what_an_earlier_job_left(tmp_path: Path):
+    CaptionJournal(tmp_path / "c.jsonl", {"model": "old"}).append([{"video_path": "x.mp4", "caption": "가"}])
+    fresh = CaptionJournal(tmp_path / "c.jsonl", {"model": "new"}, resume=False)
+    assert fresh.done == {} and not (tmp_path / "c.jsonl").exists()

@@ -320,10 +320,7 @@ def evaluate_model(
         "decoding": generation.decoding(model),
         "prompt": generation.prompt,
     }
-    if not resume:
-        for stale in (Path(output_dir) / PARTIAL_CAPTIONS, Path(output_dir) / f"{PARTIAL_CAPTIONS}.meta.json"):
-            stale.unlink(missing_ok=True)
-    journal = CaptionJournal(Path(output_dir) / PARTIAL_CAPTIONS, identity, key="video_id")
+    journal = CaptionJournal(Path(output_dir) / PARTIAL_CAPTIONS, identity, key="video_id", resume=resume)
     settings = caption_records(
         records, model, processor, generation, frame_height=frame_height, progress=progress, journal=journal
     )

@@ -136,11 +136,13 @@ def clear_previous_run(output_dir: str | Path) -> None:
     complete, partial = checkpoints_in(folder)
     doomed = [*complete, *partial, *(folder / name for name in RUN_OUTPUTS if (folder / name).exists())]
     for path in doomed:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     if doomed:
-        logger.warning(
-            f"--overwrite_output_dir: removed the previous run's {', '.join(p.name for p in doomed)} in {folder}"
-        )
+        names = ", ".join(path.name for path in doomed)
+        logger.warning(f"--overwrite_output_dir: removed the previous run's {names} in {folder}")
 
 
 def prepare_run(argv: list[str] | None = None) -> TrainingRun:
