@@ -362,6 +362,7 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        return_full_logits: bool = False,
         **kwargs,
     ) -> KVCapCausalLMOutputWithPast:
         r"""
@@ -371,9 +372,13 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
             video_features: `(batch, num_frames, num_patches, vision_hidden)` cached encoder features.
             attention_mask: `(batch, seq_len)`, 1 for real tokens.
             labels: `(batch, seq_len)` target ids, -100 where not supervised; the shift happens inside.
+            return_full_logits: with `labels`, also compute the logits where no label follows.
 
         Returns:
-            `logits` `(batch, seq_len or logits_to_keep, vocab)` and, with labels, the mean token `loss`.
+            `logits` `(batch, seq_len or logits_to_keep, vocab)` and, with labels, the mean token `loss`. With
+            `labels` (and not `return_full_logits`), `lm_head` runs only where a label follows: `logits` is then
+            `(num_supervised, vocab)`, in row-major order of those positions. The loss and its gradients are the
+            same; at real size that spares the logits of ~4,600 video and prompt positions per clip (GBs in fp32).
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -386,14 +391,26 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
-
         loss = None
-        if labels is not None:
+        if labels is not None and not return_full_logits and not logits_to_keep:
+            # Position t predicts token t + 1: only positions followed by a supervised label need the head.
+            shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].to(outputs.last_hidden_state.device)
+            supervised = shift_labels != -100
+            logits = self.lm_head(outputs.last_hidden_state[supervised])  # (num_supervised, vocab)
             loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+                logits=logits,
+                labels=None,
+                shift_labels=shift_labels[supervised],
+                vocab_size=self.config.text_config.vocab_size,
+                **kwargs,
             )
+        else:
+            hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+            logits = self.lm_head(hidden_states)
+            if labels is not None:
+                loss = self.loss_function(
+                    logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+                )
         return KVCapCausalLMOutputWithPast(
             loss=loss,
             logits=logits,

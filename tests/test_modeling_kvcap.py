@@ -496,3 +496,35 @@ def test_structural_tokens_are_never_generated_by_a_composed_model(make_tiny_mod
             assert not torch.isin(new_tokens, torch.tensor(structural)).any()
     finally:
         hook.remove()
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 23])
+def test_logits_only_where_labels_follow_give_the_same_loss_and_gradients(
+    make_tiny_model, tiny_tokenizer, num_items_in_batch
+):
+    model = make_tiny_model("mlp_2l").train()
+    inputs = video_prompt_batch(
+        tiny_tokenizer,
+        model.config,
+        ["설명해주세요.", "자세히 설명해주세요."],
+        captions=["빨간색 원이 보입니다.", "파란색 사각형이 위에서 아래로 천천히 움직입니다."],
+        padding_side="right",
+    )
+    inputs["pixel_values_videos"] = random_clips(model.config, 2)
+    extra = {} if num_items_in_batch is None else {"num_items_in_batch": torch.tensor(num_items_in_batch)}
+    supervised = int((inputs["labels"][:, 1:] != -100).sum())
+
+    results = []
+    for full in (True, False):
+        model.zero_grad()
+        output = model(**inputs, return_full_logits=full, **extra)
+        output.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((output, grads))
+    (full_output, full_grads), (output, grads) = results
+    assert full_output.logits.shape[:2] == inputs["input_ids"].shape
+    assert output.logits.shape == (supervised, model.config.text_config.vocab_size)  # the head ran only there
+    torch.testing.assert_close(output.loss, full_output.loss, rtol=1e-6, atol=1e-7)
+    assert grads.keys() == full_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-5, atol=1e-7, msg=name)
