@@ -222,3 +222,15 @@ def tiny_disk(tmp_path: Path) -> Callable[[int], Path]:
     yield mount
     for folder in mounted:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+# How headless Chromium runs in the browser tests: no sandbox (root), no GPU, and none of its background
+# connections, which this machine's closed network would refuse many at a time.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]

@@ -20,15 +20,13 @@ METRICS = {
 }
 
 
+TRAINING_ARGS = SimpleNamespace(
+    hub_model_id="kim/kvcap-mlp", stage1_learning_rate=1e-3, stage1_epochs=2, stage2_learning_rate=5e-5, stage2_epochs=3
+)
+
+
 def _card(tmp_path: Path, config: KVCapConfig, metrics: dict | None = METRICS) -> ModelCard:
-    training_args = SimpleNamespace(
-        hub_model_id="kim/kvcap-mlp",
-        stage1_learning_rate=1e-3,
-        stage1_epochs=2,
-        stage2_learning_rate=5e-5,
-        stage2_epochs=3,
-    )
-    path = write_model_card(tmp_path, config, kvcap_generation_config(config), training_args, metrics)
+    path = write_model_card(tmp_path, config, kvcap_generation_config(config), TRAINING_ARGS, metrics)
     return ModelCard.load(path)
 
 
@@ -74,16 +72,9 @@ def test_local_backbone_folders_stay_out_of_base_model(tmp_path: Path):
 
 def test_a_corpus_with_a_hub_id_is_linked_under_datasets(tmp_path: Path):
     assert _card(tmp_path / "aihub", KVCapConfig()).data.datasets is None  # AI-Hub's corpus has no Hub id
-    training_args = SimpleNamespace(
-        hub_model_id="kim/kvcap-mlp",
-        stage1_learning_rate=1e-3,
-        stage1_epochs=2,
-        stage2_learning_rate=5e-5,
-        stage2_epochs=3,
-    )
     config = KVCapConfig()
     path = write_model_card(
-        tmp_path, config, kvcap_generation_config(config), training_args, METRICS, "my copy", "kim/aihub-bg-captions"
+        tmp_path, config, kvcap_generation_config(config), TRAINING_ARGS, METRICS, "my copy", "kim/aihub-bg-captions"
     )
     data = ModelCard.load(path).data
     assert data.datasets == ["kim/aihub-bg-captions"]

@@ -16,7 +16,7 @@ from kvcap.evaluation import ScoringArguments, evaluate_records, load_split_reco
 from kvcap.evaluation.report import render_report
 from kvcap.evaluation.run import add_report_thumbnails, write_outputs
 
-from .conftest import needs
+from .conftest import CHROMIUM_ARGS, needs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -89,12 +89,7 @@ def test_the_clip_table_fits_a_1400_pixel_window_in_chromium(report: Path, tmp_p
     command = [
         CHROMIUM,
         "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
+        *CHROMIUM_ARGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         "--window-size=1400,900",
         "--virtual-time-budget=5000",

@@ -19,17 +19,9 @@ from kvcap.generation import generate_captions, load_model_and_processor
 from kvcap.metrics.korean_meteor.korean_meteor import meteor_scores
 from kvcap.space import caption_clip
 
-from .conftest import REPO_ROOT, needs, tiny_processor
+from .conftest import CHROMIUM_ARGS, REPO_ROOT, needs, tiny_processor
 
 REFERENCE = "화면에는 도형이 하나 있습니다. 빨간색 원이 왼쪽에서 오른쪽으로 이동합니다."
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
