@@ -24,12 +24,10 @@ Usage: ``python -m processing.aihub ROOT [--split train val] [--tokenizer PATH_O
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import re
-import stat
 import statistics
 import sys
 import unicodedata
@@ -42,7 +40,7 @@ from typing import Any, Literal
 
 import datasets
 
-from .video_io import VideoReadError, probe_video, read_video_frames
+from .video_io import VideoReadError, file_problem, probe_video, read_video_frames
 
 logger = logging.getLogger(__name__)
 
@@ -370,29 +368,9 @@ def _metadata_json(label: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Videos
 # ---------------------------------------------------------------------------------------------------------
-def _file_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a file (a link loop, a broken link, a named pipe...), or ``None``.
-
-    Checked with ``stat`` before anything opens the file: opening a named pipe blocks until a writer comes.
-    """
-    try:
-        info = os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "symbolic link loop"
-        if os.path.islink(path):
-            return f"broken symbolic link (to {os.readlink(path)})"
-        return f"cannot stat: {e.strerror or e}"
-    if stat.S_ISREG(info.st_mode):
-        return None
-    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"))
-    kind = next((name for test, name in kinds if test(info.st_mode)), "not a file")
-    return f"not a regular file ({kind})"
-
-
 def _header_problem(path: Path) -> str | None:
     """Cheap container check: why the file is not a video, or ``None`` when its signature looks right."""
-    problem = _file_problem(path)
+    problem = file_problem(path)
     if problem is not None:
         return problem
     try:
@@ -529,7 +507,7 @@ def _scan_split(
     encodings: Counter[str] = Counter()
     candidates: list[dict[str, str | None]] = []
     for stem, lpath, vpath in pairs:
-        problem = _file_problem(lpath)
+        problem = file_problem(lpath)
         if problem is not None:
             report.skipped[UNREADABLE_JSON].append(str(lpath))
             report.details[str(lpath)] = problem

@@ -220,24 +220,44 @@ def _available_cpus() -> int:
 # Opening and scanning
 
 
+_NOT_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a link loop, a broken link, a named pipe...), or ``None``.
+
+    Checked with ``stat``, which follows links and opens nothing: opening a named pipe blocks until a writer comes.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if os.path.islink(path):
+            return f"broken symbolic link (to {os.readlink(path)})"
+        return "file not found" if exc.errno == errno.ENOENT else f"cannot stat ({exc.strerror or exc})"
+    if stat.S_ISREG(info.st_mode):
+        return None
+    kind = next((name for test, name in _NOT_FILES if test(info.st_mode)), None)
+    return f"not a regular file ({kind})" if kind else "not a regular file"
+
+
 def _open(path: str | os.PathLike[str], *, fast: bool = False) -> av.container.InputContainer:
     """Open ``path`` for reading. ``fast`` decodes nothing while probing the streams (about 20 ms saved
     on a 1080p H.264 file), at the price of an unknown pixel format and decoder delay: only where frame
     order does not matter. Frame reading opens normally, as a plain sequential decode would.
     """
     name = os.fspath(path)
-    try:
-        info = os.stat(name)  # follows links; never opens, so a named pipe cannot block here
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise VideoReadError(name, "symbolic link loop") from exc
-        if os.path.islink(name):
-            raise VideoReadError(name, f"broken symbolic link (to {os.readlink(name)})") from exc
-        raise VideoReadError(name, "file not found" if exc.errno == errno.ENOENT else f"cannot stat ({exc})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode) else None
-        raise VideoReadError(name, f"not a regular file ({kind})" if kind else "not a regular file")
-    if info.st_size == 0:
+    problem = file_problem(name)
+    if problem is not None:
+        raise VideoReadError(name, problem)
+    if os.path.getsize(name) == 0:
         raise VideoReadError(name, "empty file (0 bytes)")
     try:
         return av.open(name, mode="r", options={"skip_frame": "all"} if fast else None)
