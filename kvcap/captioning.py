@@ -24,7 +24,7 @@ import torch
 from processing.aihub import VIDEO_EXTENSIONS as CORPUS_VIDEO_EXTENSIONS
 from processing.aihub import walk_once
 
-from .disk import disk_full_error, is_disk_full
+from .disk import naming_a_full_disk
 from .generation import GenerationArguments, generate_captions_detailed
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class CaptionJournal:
         """Append ``rows`` and flush them to disk: a kill after this loses none of them."""
         if not rows:
             return
-        try:
+        with naming_a_full_disk(self.path, "captions", catch=OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.meta_path.exists():
                 meta = json.dumps(self.identity, ensure_ascii=False, indent=1) + "\n"
@@ -111,10 +111,6 @@ class CaptionJournal:
                     (self.failed if row.get("error") else self.done)[row[self.key]] = row
                 handle.flush()
                 os.fsync(handle.fileno())
-        except OSError as error:
-            if is_disk_full(error, self.path):
-                raise disk_full_error(self.path, "captions", error) from error
-            raise
 
     def remove(self) -> None:
         """Delete the journal and its side file (the job's results now live elsewhere)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -62,3 +64,17 @@ def disk_full_error(path: str | os.PathLike, what: str, error: BaseException) ->
     )
     full.filename = str(path)
     return full
+
+
+@contextmanager
+def naming_a_full_disk(
+    path: str | os.PathLike, what: str, catch: type[BaseException] | tuple[type[BaseException], ...] = Exception
+) -> Iterator[None]:
+    """Turn a ``catch`` error raised inside the block for want of space at ``path`` into a :class:`DiskFullError`
+    that names ``what`` and ``path``; any other error passes unchanged."""
+    try:
+        yield
+    except catch as error:
+        if is_disk_full(error, path):
+            raise disk_full_error(path, what, error) from error
+        raise

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..captioning import GENERATION_FAILED, CaptionJournal, caption_decoded
-from ..disk import disk_full_error, is_disk_full
+from ..disk import naming_a_full_disk
 from ..generation import GenerationArguments, input_device
 from .records import ClipRecord
 from .report import frames_to_data_uris, write_report
@@ -221,15 +221,11 @@ def write_outputs(
     """Write ``predictions.jsonl``, ``metrics.json`` and ``report.html``; returns their paths."""
     output_dir = Path(output_dir)
     paths = {name: output_dir / name for name in OUTPUT_FILES}
-    try:
+    with naming_a_full_disk(output_dir, "the evaluation's outputs", catch=OSError):
         write_predictions(output_dir, records)
         paths["metrics.json"].write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         rows = [_report_row(r) for r in records if r.prediction is not None]
         write_report(paths["report.html"], metrics, rows, title=title, frame_height=frame_height)
-    except OSError as error:
-        if is_disk_full(error, output_dir):
-            raise disk_full_error(output_dir, "the evaluation's outputs", error) from error
-        raise
     return paths
 
 

@@ -19,7 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 
 from modeling_kvcap import KVCapForConditionalGeneration
 
-from ..disk import disk_full_error, is_disk_full
+from ..disk import naming_a_full_disk
 
 
 def trained_projector(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,14 +70,10 @@ def export_merged_model(
     merged = with_adapter.merge_and_unload().eval()
 
     output_dir = Path(output_dir)
-    try:
+    with naming_a_full_disk(output_dir, "the final model folder"):
         merged.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         trained.save_pretrained(output_dir / "adapter")
-    except Exception as error:
-        if is_disk_full(error, output_dir):
-            raise disk_full_error(output_dir, "the final model folder", error) from error
-        raise
     return merged
 
 

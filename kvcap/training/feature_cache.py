@@ -76,7 +76,7 @@ import torch
 
 from processing.video_io import VideoReadError, sample_frame_indices
 
-from ..disk import disk_full_error, is_disk_full
+from ..disk import naming_a_full_disk
 
 logger = logging.getLogger(__name__)
 
@@ -532,11 +532,8 @@ def _compute_shard(
         return {FEATURES_COLUMN: rows, ERROR_COLUMN: [error for _, error in decoded]}
 
     try:
-        shard_ds = _encode_shard(shard, folder, encode, features, batch_size, writer_batch_size)
-    except Exception as error:
-        if is_disk_full(error, folder):
-            raise disk_full_error(shard.arrow(folder), "a feature shard", error) from error
-        raise
+        with naming_a_full_disk(shard.arrow(folder), "a feature shard"):
+            shard_ds = _encode_shard(shard, folder, encode, features, batch_size, writer_batch_size)
     finally:
         prefetcher.close()
     errors = zip(list(shard_ds["video_path"]), list(shard_ds[ERROR_COLUMN]), strict=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from ..disk import disk_full_error, is_disk_full
+from ..disk import naming_a_full_disk
 from .stages import (
     LORA,
     StageSchedule,
@@ -31,13 +31,9 @@ class KVCapTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         # A full disk otherwise surfaces as torch's "file write failed", naming no folder. The cut checkpoint
         # has no trainer_state.json (written last), so `--resume_from_checkpoint true` passes over it.
-        try:
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        with naming_a_full_disk(folder, "a checkpoint"):
             super()._save_checkpoint(model, trial)
-        except Exception as error:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            if not is_disk_full(error, folder):
-                raise
-            raise disk_full_error(folder, "a checkpoint", error) from error
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
