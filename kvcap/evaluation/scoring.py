@@ -135,8 +135,8 @@ def score_records(
     """Fill ``record.scores`` for every clip with a prediction: METEOR, its floor pair, SigLIP, attribute recall."""
     from kvcap.metrics.caption_attributes.caption_attributes import (
         attribute_facts,
-        attribute_recall,
         attribute_vocabulary,
+        recall_of_facts,
     )
     from kvcap.metrics.korean_meteor.korean_meteor import meteor_scores
 
@@ -161,10 +161,11 @@ def score_records(
             scores["siglip_score"], scores["siglip_cosine"], scores["clip_score"] = values or (None, None, None)
             scores["siglip_floor"] = siglip.get("floor_per_clip", {}).get(index)
         if record.attributes:
-            detail = attribute_recall(record.prediction, record.attributes)
+            facts = attribute_facts(record.prediction, record.attributes, vocabulary)
+            detail = recall_of_facts(facts)
             scores["attribute_recall"] = detail["all"]
             scores["attribute_recall_detail"] = detail
-            scores["attribute_facts"] = attribute_facts(record.prediction, record.attributes, vocabulary)
+            scores["attribute_facts"] = facts
         record.scores = scores
 
 

@@ -131,7 +131,11 @@ def attribute_recall(text: str, attributes: dict[str, Any]) -> dict[str, float]:
     (as the adjacent phrase "빨간색 원"), per-object motion (its phrase in the same sentence as the object), time of
     day (any of ``time_of_day_words``: sky colour word or time phrase), and category. Returns values in [0, 1] plus
     their mean under ``"all"``."""
-    facts = attribute_facts(text, attributes)
+    return recall_of_facts(attribute_facts(text, attributes))
+
+
+def recall_of_facts(facts: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """:func:`attribute_recall` from facts :func:`attribute_facts` already found (``wrong_object`` ones aside)."""
     scores = {}
     for kind in ("object", "motion", "time_of_day", "category"):
         named = [bool(fact["named"]) for fact in facts if fact["kind"] == kind]
