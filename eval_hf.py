@@ -43,7 +43,7 @@ from transformers import HfArgumentParser
 
 from kvcap.captioning import VIDEO_EXTENSIONS, CaptionJournal, JournalMismatchError, caption_files, find_videos
 from kvcap.corpus import EmptySplitError
-from kvcap.cpu_threads import apply_cpu_threads
+from kvcap.cpu_threads import apply_cpu_threads, check_cpu_threads
 from kvcap.evaluation import (
     EvaluationInputError,
     ScoringArguments,
@@ -138,8 +138,7 @@ class EvalArguments:
     )
 
     def __post_init__(self):
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ValueError(f"--cpu_threads must be at least 1, got {self.cpu_threads}.")
+        check_cpu_threads(self.cpu_threads)
 
 
 def caption_videos(args: EvalArguments, generation: GenerationArguments) -> int:

@@ -12,11 +12,16 @@ import os
 import torch
 
 
+def check_cpu_threads(requested: int | None) -> None:
+    """Refuse a thread count below 1 (``None``, torch's choice, passes)."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"--cpu_threads must be at least 1, got {requested}.")
+
+
 def apply_cpu_threads(requested: int | None) -> str:
     """Set torch's intra-op thread count to ``requested`` (``None`` keeps torch's choice); returns the policy line."""
+    check_cpu_threads(requested)
     if requested is not None:
-        if requested < 1:
-            raise ValueError(f"cpu_threads must be at least 1, got {requested}.")
         torch.set_num_threads(requested)
         source = f"cpu_threads {requested}"
     elif os.environ.get("OMP_NUM_THREADS"):

@@ -76,7 +76,7 @@ def build_app(model_name_or_path: str, device: str | None = None, trust_remote_c
 
 def launch_options() -> dict[str, Any]:
     """``launch()`` options every run of the page shares: system fonts (a Space may run offline, and the default
-    theme fetches its fonts from the web) and no usage analytics."""
+    theme fetches its fonts from the web). Analytics are switched off by ``app.py`` before Gradio is imported."""
     import gradio as gr
 
     return {"theme": gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])}

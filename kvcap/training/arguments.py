@@ -12,6 +12,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from kvcap.cpu_threads import check_cpu_threads
 from kvcap.metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
 from modeling_kvcap.configuration_kvcap import (
     DEFAULT_TEXT_MODEL,
@@ -173,8 +174,7 @@ class KVCapTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = True
 
     def __post_init__(self):
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ValueError(f"--cpu_threads must be at least 1, got {self.cpu_threads}.")
+        check_cpu_threads(self.cpu_threads)
         # The two stages define the run's length; a different --num_train_epochs would be silently ignored.
         stages_total = self.stage1_epochs + self.stage2_epochs
         if self.num_train_epochs not in (stages_total, TrainingArguments.num_train_epochs):
