@@ -142,6 +142,8 @@ class KVCapModel(KVCapPreTrainedModel):
         super().train(mode)
         if not any(param.requires_grad for param in self.vision_tower.parameters()):
             self.vision_tower.eval()
+        if mode:
+            _keep_cpu_4bit_weights_differentiable(self.language_model)
         return self
 
     def get_vision_tower_features(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
@@ -567,6 +569,27 @@ class KVCapForConditionalGeneration(KVCapPreTrainedModel, GenerationMixin):
         if getattr(causal_lm, "hf_device_map", None) is not None:
             model.hf_device_map = causal_lm.hf_device_map
         return model
+
+
+def _keep_cpu_4bit_weights_differentiable(module: nn.Module) -> None:
+    """Switch off bitsandbytes' packed CPU layout for 4-bit weights of a model that trains, undoing it where done.
+
+    On CPUs with AVX512-BF16, the first eval-mode forward without gradients through a `Linear4bit` repacks its
+    weight for an inference kernel that has no backward, and the layer keeps that layout: every later training step
+    would then get no gradient through the base weights (the projector's and most LoRA matrices' gradients vanish).
+    Packing back is lossy (the scales are requantised), so a model that has trained once stays on the unpacked path.
+    """
+    for layer in module.modules():
+        if not hasattr(layer, "support_avx512bf16_for_cpu"):
+            continue
+        layer.support_avx512bf16_for_cpu = False
+        state = getattr(layer.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                layer.weight.data, state
+            )
 
 
 def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16):

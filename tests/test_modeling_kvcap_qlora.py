@@ -66,3 +66,74 @@ def test_lora_on_a_4bit_base_trains(quantized_model, tiny_tokenizer):
     assert losses[-1] < 0.85 * losses[0], f"loss did not fall far enough: {losses}"
     lora_weights = [param for name, param in model.named_parameters() if "lora_B" in name]
     assert any(weight.abs().sum() > 0 for weight in lora_weights), "LoRA B matrices moved away from zero"
+
+
+def _lora_model_and_batch(make_tiny_model, tiny_tokenizer):
+    """A bf16-compute NF4 model with LoRA (B not zero, so every matrix gets a gradient) and one labelled batch."""
+    quantized = make_tiny_model(
+        "mlp_2l", quantization_config=kvcap_4bit_config(compute_dtype=torch.bfloat16), dtype=torch.bfloat16
+    )
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules=KVCapForConditionalGeneration.lora_target_modules,
+        init_lora_weights=False,
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(quantized, lora)
+    for param in model.base_model.model.multi_modal_projector.parameters():
+        param.requires_grad_(True)
+    captions = ["빨간색 원이 왼쪽에서 오른쪽으로 이동합니다.", "파란색 사각형이 제자리에 멈춰 있습니다."]
+    batch = video_prompt_batch(tiny_tokenizer, quantized.config, ["설명"] * 2, captions, "right")
+    batch["pixel_values_videos"] = random_clips(quantized.config, 2).to(torch.bfloat16)
+    return model, batch
+
+
+def _gradients(model, batch) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    model.train()
+    model(**batch).loss.backward()
+    return {name: param.grad.clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _packed_layers(model) -> int:
+    return sum(
+        getattr(module.weight.quant_state, "packing_format_for_cpu", False)
+        for module in model.modules()
+        if isinstance(module, bnb.nn.Linear4bit)
+    )
+
+
+def test_an_eval_forward_between_training_steps_leaves_the_gradients_unchanged(make_tiny_model, tiny_tokenizer):
+    # bitsandbytes repacks 4-bit weights on CPU for an inference kernel without backward at the first no-grad eval
+    # forward (on CPUs with AVX512-BF16); the monitor's captioning does exactly that between training steps.
+    model, batch = _lora_model_and_batch(make_tiny_model, tiny_tokenizer)
+    before = _gradients(model, batch)
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+        model.generate(**{key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values_videos")})
+    assert _packed_layers(model) == 0, "a model that trains keeps its 4-bit weights in the differentiable layout"
+    after = _gradients(model, batch)
+    assert before.keys() == after.keys()
+    assert sum(".lora_" in name for name in after) == 28, "both matrices of 14 LoRA layers train"
+    for name, gradient in after.items():
+        assert gradient.abs().sum() > 0, f"{name} lost its gradient"
+        torch.testing.assert_close(gradient, before[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_model_that_captioned_before_training_gets_its_gradients_back(make_tiny_model, tiny_tokenizer):
+    model, batch = _lora_model_and_batch(make_tiny_model, tiny_tokenizer)
+    reference, _ = _lora_model_and_batch(make_tiny_model, tiny_tokenizer)
+    expected = _gradients(reference, batch)
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    packed_on_this_cpu = _packed_layers(model)
+    gradients = _gradients(model, batch)
+    assert _packed_layers(model) == 0
+    for name, gradient in gradients.items():
+        assert gradient.abs().sum() > 0, f"{name} lost its gradient (packed layers before training: {packed_on_this_cpu})"
+        # Unpacking requantises the scales, so the base weights differ in their last bits from the loaded ones.
+        torch.testing.assert_close(gradient, expected[name], rtol=0.05, atol=0.05 * expected[name].abs().max().item())
