@@ -134,6 +134,6 @@ def test_a_model_that_captioned_before_training_gets_its_gradients_back(make_tin
     gradients = _gradients(model, batch)
     assert _packed_layers(model) == 0
     for name, gradient in gradients.items():
-        assert gradient.abs().sum() > 0, f"{name} lost its gradient (packed layers before training: {packed_on_this_cpu})"
+        assert gradient.abs().sum() > 0, f"{name} lost its gradient ({packed_on_this_cpu} layers were packed)"
         # Unpacking requantises the scales, so the base weights differ in their last bits from the loaded ones.
         torch.testing.assert_close(gradient, expected[name], rtol=0.05, atol=0.05 * expected[name].abs().max().item())
