@@ -106,6 +106,9 @@ class SplitReport:
     categories: dict[str, int] = field(default_factory=dict)
     caption_chars: dict[str, float] = field(default_factory=dict)
     caption_tokens: dict[str, float] = field(default_factory=dict)
+    # With a tokenizer: captions whose target (caption + end-of-turn) exceeds the training limit, and that limit.
+    max_caption_tokens: int | None = None
+    captions_over_limit: int = 0
     archives: list[str] = field(default_factory=list)  # unextracted archives found next to the data
 
     def counts(self) -> dict[str, int]:
@@ -164,6 +167,10 @@ class AIHubReport:
                 lines.append("  caption chars:  " + _fmt_stats(s.caption_chars))
             if s.caption_tokens:
                 lines.append("  caption tokens: " + _fmt_stats(s.caption_tokens))
+                lines.append(
+                    f"  over the training limit: {s.captions_over_limit} of {s.num_usable} captions would be cut "
+                    f"(max_caption_tokens {s.max_caption_tokens}, end-of-turn token included)"
+                )
             if s.archives:
                 lines.append(f"  unextracted archives ({len(s.archives)}), extract them to use their files:")
                 lines.extend(f"    {p}" for p in s.archives[:max_paths])
@@ -181,6 +188,11 @@ class AIHubReport:
 
 def _fmt_stats(st: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in st.items())
+
+
+# Longest training target in tokens (caption + end-of-turn), the same as the model's generation limit: room for
+# the longest of the seed's sample of AI-Hub captions (708 Qwen3 tokens) and some more. Longer ones are cut.
+DEFAULT_MAX_CAPTION_TOKENS = 768
 
 
 def length_stats(values: Sequence[int]) -> dict[str, float]:
@@ -489,6 +501,7 @@ def _scan_split(
     video_check: VideoCheck = "header",
     num_workers: int | None = None,
     tokenizer: Any = None,
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS,
 ) -> tuple[list[dict[str, str | None]], SplitReport]:
     canon = canonical_split(split)
     report = SplitReport(split=canon, video_check=video_check)
@@ -553,7 +566,10 @@ def _scan_split(
     report.categories = dict(Counter(r["category"] or "(none)" for r in rows).most_common())
     report.caption_chars = length_stats([len(r["caption"]) for r in rows])
     if tokenizer is not None and rows:
-        report.caption_tokens = length_stats(_token_lengths([r["caption"] for r in rows], tokenizer))
+        lengths = caption_token_lengths([r["caption"] for r in rows], tokenizer)
+        report.caption_tokens = length_stats(lengths)
+        report.max_caption_tokens = max_caption_tokens
+        report.captions_over_limit = sum(length + 1 > max_caption_tokens for length in lengths)
     return rows, report
 
 
@@ -565,7 +581,9 @@ def _load_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _token_lengths(texts: list[str], tokenizer: Any) -> list[int]:
+def caption_token_lengths(texts: Sequence[str], tokenizer: Any) -> list[int]:
+    """Tokens per text, without special tokens (a training target adds one end-of-turn token)."""
+    texts = list(texts)
     lengths: list[int] = []
     for i in range(0, len(texts), 512):
         ids = tokenizer(texts[i : i + 512], add_special_tokens=False)["input_ids"]
@@ -579,15 +597,17 @@ def scan_aihub(
     video_check: VideoCheck = "header",
     tokenizer: Any = None,
     num_workers: int | None = None,
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS,
 ) -> AIHubReport:
     """Report on a corpus without building a dataset.
 
-    ``tokenizer`` (a tokenizer object, or a path / Hub id for ``AutoTokenizer``) adds caption token counts.
+    ``tokenizer`` (a tokenizer object, or a path / Hub id for ``AutoTokenizer``) adds caption token counts and how
+    many captions training would cut at ``max_caption_tokens``.
     """
     report = AIHubReport(root=str(root))
     tokenizer = _load_tokenizer(tokenizer)
     for split in [splits] if isinstance(splits, str) else splits:
-        _, split_report = _scan_split(root, split, video_check, num_workers, tokenizer)
+        _, split_report = _scan_split(root, split, video_check, num_workers, tokenizer, max_caption_tokens)
         report.splits[split_report.split] = split_report
     return report
 
@@ -705,6 +725,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", nargs="+", default=["train", "val"], help="splits to scan (default: train val)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer path or Hub id for caption token counts")
     parser.add_argument(
+        "--max-caption-tokens",
+        type=int,
+        default=DEFAULT_MAX_CAPTION_TOKENS,
+        help=f"training's caption limit, for the count of captions it would cut (default {DEFAULT_MAX_CAPTION_TOKENS})",
+    )
+    parser.add_argument(
         "--check-videos", action="store_true", help="probe every video (demux scan) instead of the header check"
     )
     parser.add_argument("--max-paths", type=int, default=10, help="skipped paths listed per reason")
@@ -714,7 +740,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.root}: no such folder (give the corpus root, the folder holding train/ and val/)")
 
     report = scan_aihub(
-        args.root, args.split, video_check="probe" if args.check_videos else "header", tokenizer=args.tokenizer
+        args.root,
+        args.split,
+        video_check="probe" if args.check_videos else "header",
+        tokenizer=args.tokenizer,
+        max_caption_tokens=args.max_caption_tokens,
     )
     if args.json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))

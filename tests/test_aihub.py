@@ -198,6 +198,9 @@ def test_cli_report(messy: dict, tmp_path: Path) -> None:
         assert reason in out
     assert "label_without_video  1" in out and "unreadable_video     2" in out
     assert "caption chars:" in out and "caption tokens:" in out and "label_only.json" in out
+    assert "over the training limit: 0 of 5 captions would be cut (max_caption_tokens 768" in out
+    limited = _cli(messy["root"], "--split", "train", "--tokenizer", tmp_path / "tok", "--max-caption-tokens", "3")
+    assert "over the training limit: 6 of 6 captions would be cut (max_caption_tokens 3" in limited.stdout
 
     proc = _cli(messy["root"], "--json")
     assert proc.returncode == 0, proc.stderr
@@ -368,3 +371,24 @@ def test_probing_a_large_split_shows_its_progress(demo: Path, tmp_path: Path, ca
     assert report.splits["train"].num_usable == 120
     shown = capsys.readouterr().err
     assert "kvcap: probing videos" in shown and "120/120" in shown and "file/s" in shown
+
+
+def test_qwen3_token_counts_and_the_captions_training_would_cut(demo: Path, tmp_path: Path, qwen3_tokenizer) -> None:
+    from kvcap.demo.qwen3_tokenizer import aihub_like_caption
+
+    _, labels = _copy_split(demo, tmp_path)
+    captions = []
+    for index, path in enumerate(sorted(labels.glob("*.json"))):
+        label = json.loads(path.read_text(encoding="utf-8"))
+        # AI-Hub-length paragraphs, two of them long enough (> 600 tokens) to pass a 600-token limit.
+        label["annotation"]["description_kr"] = aihub_like_caption(index, min_chars=900 if index < 2 else 575)
+        captions.append(label["annotation"]["description_kr"])
+        _write_json(path, label)
+    counts = [len(qwen3_tokenizer(caption, add_special_tokens=False)["input_ids"]) for caption in captions]
+    report = aihub.scan_aihub(tmp_path, "train", tokenizer=qwen3_tokenizer, max_caption_tokens=600)
+    split = report.splits["train"]
+    assert split.caption_tokens == aihub.length_stats(counts)
+    assert split.captions_over_limit == sum(count + 1 > 600 for count in counts) == 2
+    assert "over the training limit: 2 of 6 captions would be cut (max_caption_tokens 600" in report.format()
+    # At the default limit (the generation limit, 768) none of these is cut.
+    assert aihub.scan_aihub(tmp_path, "train", tokenizer=qwen3_tokenizer).splits["train"].captions_over_limit == 0

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from kvcap.training.collator import KVCapDataCollator
+from kvcap.training.collator import KVCapDataCollator, note_long_captions
 
-from .conftest import tiny_kvcap_config, tiny_processor
+from .conftest import qwen3_processor, tiny_kvcap_config, tiny_processor
 
 CAPTIONS = ["맑은 낮, 빨간색 원이 왼쪽에서 오른쪽으로 이동합니다.", "밤의 시가지에 파란색 사각형이 멈춰 있습니다."]
 
@@ -46,3 +46,24 @@ def test_a_clip_that_cannot_be_decoded_is_skipped_counted_and_never_stops_a_batc
     torch.testing.assert_close(alone["pixel_values_videos"], batch["pixel_values_videos"])
     with pytest.raises(RuntimeError, match=r"no clip of the first batch could be decoded.*damaged\.mp4"):
         KVCapDataCollator(processor)([{"caption": CAPTIONS[1], "video_path": str(bad)}])
+
+
+def test_long_captions_are_counted_before_training_and_cut_in_each_batch(qwen3_tokenizer, caplog):
+    from kvcap.demo.qwen3_tokenizer import aihub_like_caption
+
+    processor = qwen3_processor(qwen3_tokenizer, num_video_tokens=64)
+    captions = [aihub_like_caption(0), aihub_like_caption(1, min_chars=1200), "짧은 캡션"]
+    long_tokens = len(qwen3_tokenizer(captions[1], add_special_tokens=False)["input_ids"]) + 1
+    with caplog.at_level("INFO", logger="kvcap.training.collator"):
+        assert note_long_captions(captions, processor, 768, "train") == 1
+        assert note_long_captions(captions, processor, 2000, "val") == 0
+    assert (
+        f"train: 1 of 3 captions are longer than --max_caption_tokens 768 (caption + end-of-turn) and are cut to it "
+        f"in training (longest {long_tokens} tokens)" in caplog.text
+    )
+    assert f"val: 0 of 3 captions exceed --max_caption_tokens 2000 (longest {long_tokens} tokens)" in caplog.text
+
+    rows = [{"caption": caption, "video_features": torch.zeros(8, 4, 16)} for caption in captions]
+    batch = KVCapDataCollator(processor, max_caption_tokens=768)(rows)
+    supervised = (batch["labels"] != -100).sum(dim=1).tolist()
+    assert supervised == [450, 768, len(qwen3_tokenizer(captions[2], add_special_tokens=False)["input_ids"]) + 1]

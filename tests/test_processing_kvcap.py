@@ -11,13 +11,16 @@ from kvcap.demo.video_clips import make_clip
 from processing.processing_kvcap import DEFAULT_PROMPT, KVCapProcessor
 from processing.video_io import read_video_frames
 
-from .conftest import run_in_clean_interpreter, tiny_kvcap_config, tiny_processor
+from .conftest import qwen3_processor, run_in_clean_interpreter, tiny_kvcap_config, tiny_processor
 
 CAPTIONS = ["맑은 낮, 빨간색 원이 왼쪽에서 오른쪽으로 이동합니다.", "밤의 시가지에 파란색 사각형이 멈춰 있습니다."]
 
 
-@pytest.fixture
-def processor(tiny_tokenizer) -> KVCapProcessor:
+@pytest.fixture(params=["tiny", "qwen3"])
+def processor(request, tiny_tokenizer) -> KVCapProcessor:
+    """The tiny tokenizer's processor, and the real presets' one: Qwen3's tokenizer, 4,608 video tokens, 336 px."""
+    if request.param == "qwen3":
+        return qwen3_processor(request.getfixturevalue("qwen3_tokenizer"))
     return tiny_processor(tiny_tokenizer, tiny_kvcap_config(tiny_tokenizer, "perceiver"))
 
 
@@ -30,11 +33,11 @@ def clip_paths(tmp_path_factory) -> list:
     ]
 
 
-def test_labels_supervise_exactly_the_caption_and_end_of_turn(processor, tiny_tokenizer):
+def test_labels_supervise_exactly_the_caption_and_end_of_turn(processor):
     batch = processor(text=["설명", "이 영상을 자세히 설명해주세요."], captions=CAPTIONS)
     for row, caption in enumerate(CAPTIONS):
         supervised = batch["labels"][row][batch["labels"][row] != -100]
-        assert tiny_tokenizer.decode(supervised) == caption + "<|im_end|>"
+        assert processor.tokenizer.decode(supervised) == caption + "<|im_end|>"
         # Labels equal the inputs wherever they are supervised: the model shifts them itself.
         mask = batch["labels"][row] != -100
         assert torch.equal(batch["input_ids"][row][mask], supervised)
@@ -56,9 +59,9 @@ def test_training_pads_right_and_generation_pads_left(processor):
     assert generation["attention_mask"][:, -1].all() and not generation["attention_mask"][:, 0].all()
 
 
-def test_prompt_is_qwen3_chat_with_thinking_off_and_one_expanded_placeholder(processor, tiny_tokenizer):
+def test_prompt_is_qwen3_chat_with_thinking_off_and_one_expanded_placeholder(processor):
     ids = processor.prompt_ids(None)
-    text = tiny_tokenizer.decode(ids)
+    text = processor.tokenizer.decode(ids)
     expected = (
         "<|im_start|>user\n<|vision_start|>"
         + "<|video_pad|>" * processor.num_video_tokens
@@ -81,15 +84,17 @@ def test_chat_messages_are_accepted(processor):
 def test_frames_are_normalised_exactly_as_clip_does(processor, clip_paths):
     frames = read_video_frames(clip_paths[0], num_frames=8)  # 64 x 96: resize and crop needed
     pixel_values = processor(videos=[frames])["pixel_values_videos"]
-    reference = CLIPImageProcessorPil(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})(
+    size = processor.image_size
+    reference = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})(
         images=list(frames), return_tensors="np"
     )["pixel_values"]
-    assert pixel_values.shape == (1, 8, 3, 48, 48)
+    assert pixel_values.shape == (1, 8, 3, size, size)
     np.testing.assert_array_equal(pixel_values[0].numpy(), reference)
 
 
 def test_presized_frames_take_the_vectorised_path_with_the_same_result(processor):
-    frames = np.random.default_rng(0).integers(0, 256, size=(8, 48, 48, 3), dtype=np.uint8)
+    side = processor.image_size
+    frames = np.random.default_rng(0).integers(0, 256, size=(8, side, side, 3), dtype=np.uint8)
     fast = processor(videos=frames)["pixel_values_videos"][0].numpy()
     reference = processor.image_processor(images=list(frames), return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-5)
@@ -97,9 +102,9 @@ def test_presized_frames_take_the_vectorised_path_with_the_same_result(processor
 
 def test_paths_are_decoded_resized_in_the_decoder_and_normalised(processor, clip_paths):
     batch = processor(videos=clip_paths)
-    assert batch["pixel_values_videos"].shape == (2, 8, 3, 48, 48)
+    assert batch["pixel_values_videos"].shape == (2, 8, 3, processor.image_size, processor.image_size)
     for index, path in enumerate(clip_paths):
-        frames = read_video_frames(path, num_frames=8, size=48)
+        frames = read_video_frames(path, num_frames=8, size=processor.image_size)
         torch.testing.assert_close(batch["pixel_values_videos"][index], processor.preprocess_frames(frames))
 
 
@@ -112,9 +117,9 @@ def test_max_length_cuts_captions_only(processor):
         processor(captions=[CAPTIONS[0]], max_length=prompt_length)
 
 
-def test_batch_decode_returns_only_the_caption(processor, tiny_tokenizer):
+def test_batch_decode_returns_only_the_caption(processor):
     prompt = processor(text=["설명"])["input_ids"]
-    answer = tiny_tokenizer("<think>\n\n</think>\n\n" + CAPTIONS[0], add_special_tokens=False).input_ids
+    answer = processor.tokenizer("<think>\n\n</think>\n\n" + CAPTIONS[0], add_special_tokens=False).input_ids
     generated = torch.cat([prompt, torch.tensor([[*answer, processor.end_of_turn_id]])], dim=1)
     assert processor.batch_decode(generated, prompt_length=prompt.shape[1]) == [CAPTIONS[0]]
 
@@ -212,9 +217,9 @@ def test_text_is_the_first_positional_argument(processor, clip_paths):
     assert torch.equal(positional["input_ids"], keyword["input_ids"])
 
 
-def test_the_usual_trimming_and_decoding_give_the_caption(processor, tiny_tokenizer):
+def test_the_usual_trimming_and_decoding_give_the_caption(processor):
     inputs = processor(text=["설명"])
-    caption_ids = tiny_tokenizer(CAPTIONS[0], add_special_tokens=False)["input_ids"]
+    caption_ids = processor.tokenizer(CAPTIONS[0], add_special_tokens=False)["input_ids"]
     generated = torch.cat([inputs["input_ids"], torch.tensor([[*caption_ids, processor.end_of_turn_id]])], dim=1)
     trimmed = generated[:, inputs["input_ids"].shape[1] :]
     assert processor.batch_decode(trimmed, skip_special_tokens=True) == [CAPTIONS[0]]
@@ -222,3 +227,37 @@ def test_the_usual_trimming_and_decoding_give_the_caption(processor, tiny_tokeni
     assert processor.post_process_video_text_to_text(generated, prompt_length=inputs["input_ids"].shape[1]) == [
         CAPTIONS[0]
     ]
+
+
+def test_the_prompt_is_the_one_qwen3s_own_chat_template_renders_with_the_video_added(qwen3_tokenizer):
+    processor = qwen3_processor(qwen3_tokenizer)
+    own = qwen3_tokenizer.apply_chat_template(
+        [{"role": "user", "content": DEFAULT_PROMPT}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    video_part = "<|vision_start|><|video_pad|><|vision_end|>"
+    assert processor.render_prompt() == own.replace("user\n", "user\n" + video_part, 1)
+    ids = processor.prompt_ids()
+    start = ids.index(qwen3_tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+    # One run of exactly 4,608 placeholders, framed by the vision tokens, as the model's scatter expects.
+    assert ids[start + 1 : start + 1 + 4608] == [processor.video_token_id] * 4608
+    assert ids[start + 1 + 4608] == qwen3_tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    assert ids.count(processor.video_token_id) == 4608 and len(ids) == 4608 + 24
+
+
+@pytest.mark.parametrize(
+    ("limit", "supervised", "ends"), [(None, 449 + 1, True), (768, 449 + 1, True), (100, 100, False)]
+)
+def test_an_aihub_length_caption_is_cut_only_past_max_caption_tokens(qwen3_tokenizer, caplog, limit, supervised, ends):
+    from kvcap.demo.qwen3_tokenizer import aihub_like_caption
+
+    processor = qwen3_processor(qwen3_tokenizer, num_video_tokens=64)
+    caption = aihub_like_caption(0)
+    assert len(qwen3_tokenizer(caption, add_special_tokens=False)["input_ids"]) == 449
+    with caplog.at_level("WARNING", logger="processing.processing_kvcap"):
+        batch = processor(captions=[caption, "짧은 캡션"], max_caption_tokens=limit)
+    labels = batch["labels"][0][batch["labels"][0] != -100]
+    assert len(labels) == supervised
+    # A cut caption gets no end-of-turn token: the model must not learn to stop mid-sentence.
+    assert (labels[-1].item() == processor.end_of_turn_id) == ends
+    assert processor.tokenizer.decode(labels, skip_special_tokens=True) in caption
+    assert ("1 of 2 captions were cut to fit max_caption_tokens=100" in caplog.text) == (not ends)

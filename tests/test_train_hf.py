@@ -630,3 +630,13 @@ def test_without_the_feature_cache_a_bad_clip_is_skipped_not_fatal(tiny_backbone
     assert "unreadable_video=1" in caplog.text and "damaged.mp4" in caplog.text
     assert "Skipped a clip that cannot be decoded" in caplog.text
     assert "1 archive(s) not extracted" in caplog.text  # training says so too, not only load_aihub's callers
+
+
+def test_training_says_how_many_captions_it_cuts_before_it_starts(tiny_backbones, corpus, tmp_path, caplog):
+    argv = run_argv(tiny_backbones, corpus, tmp_path / "run", max_caption_tokens=12)
+    with caplog.at_level("INFO", logger="kvcap.training.collator"):
+        run = train_hf.prepare_run(argv)
+    assert "train: 16 of 16 captions are longer than --max_caption_tokens 12" in caplog.text
+    assert "val: 4 of 4 captions are longer than --max_caption_tokens 12" in caplog.text
+    batch = run.trainer.data_collator([run.trainer.train_dataset[index] for index in range(4)])
+    assert ((batch["labels"] != -100).sum(dim=1) == 12).all()

@@ -95,11 +95,11 @@ def aihub_like_caption(seed: int = 0, min_chars: int = 575) -> str:
         )
 
     sentences = [fill(rng.choice(_OPENINGS))]
+    closing = fill(rng.choice(_CLOSINGS))
     middles = rng.sample(_MIDDLES, len(_MIDDLES))
-    while len(" ".join(sentences)) < min_chars - 40:
+    while len(" ".join([*sentences, closing])) < min_chars:
         sentences.append(fill(middles[(len(sentences) - 1) % len(middles)]))
-    sentences.append(fill(rng.choice(_CLOSINGS)))
-    return " ".join(sentences)
+    return " ".join([*sentences, closing])
 
 
 __all__ = [

@@ -21,6 +21,7 @@ from modeling_kvcap.configuration_kvcap import (
     PROJECTOR_TYPES,
     KVCapConfig,
 )
+from processing.aihub import DEFAULT_MAX_CAPTION_TOKENS
 from processing.processing_kvcap import DEFAULT_PROMPT
 
 AIHUB_CORPUS_NAME = "대한민국 배경영상 상세묘사 (AI-Hub)"
@@ -90,8 +91,19 @@ class DataArguments:
     eval_split: str = "val"
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training clips."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation clips."})
+    max_caption_tokens: int | None = field(
+        default=DEFAULT_MAX_CAPTION_TOKENS,
+        metadata={
+            "help": "Longest training target in tokens (caption + end-of-turn); longer captions are cut to it, and "
+            "how many is said before training. The default equals the model's generation limit."
+        },
+    )
     max_length: int | None = field(
-        default=None, metadata={"help": "Longest training sequence; captions are cut to fit (counted in the log)."}
+        default=None,
+        metadata={
+            "help": "Longest training sequence (prompt + video tokens + caption); captions are cut to fit. Default: "
+            "no limit beyond --max_caption_tokens."
+        },
     )
     prompt: str = field(default=DEFAULT_PROMPT, metadata={"help": "Instruction given with every clip."})
     use_feature_cache: bool = field(

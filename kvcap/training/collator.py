@@ -21,9 +21,16 @@ class KVCapDataCollator:
     `(T, H, W, 3)` or `video_path`. Features are stacked as they are, so the vision tower never runs in training.
     """
 
-    def __init__(self, processor: KVCapProcessor, max_length: int | None = None, prompt: str | None = None):
+    def __init__(
+        self,
+        processor: KVCapProcessor,
+        max_length: int | None = None,
+        prompt: str | None = None,
+        max_caption_tokens: int | None = None,
+    ):
         self.processor = processor
         self.max_length = max_length
+        self.max_caption_tokens = max_caption_tokens
         self.prompt = prompt
         # Clips that could not be decoded on the fly (path -> why), in this process (a DataLoader worker has its own).
         self.skipped: dict[str, str] = {}
@@ -32,11 +39,14 @@ class KVCapDataCollator:
     def __call__(self, rows: Sequence[dict[str, Any]]) -> BatchFeature:
         if all("video_features" in row and row["video_features"] is not None for row in rows):
             captions = [row["caption"] for row in rows]
-            batch = self.processor(text=self.prompt, captions=captions, max_length=self.max_length)
+            batch = self.processor(text=self.prompt, captions=captions, **self._limits())
             batch["video_features"] = torch.stack([torch.as_tensor(row["video_features"]) for row in rows])
             return batch
         videos, captions = self._decoded(rows)
-        return self.processor(videos=videos, text=self.prompt, captions=captions, max_length=self.max_length)
+        return self.processor(videos=videos, text=self.prompt, captions=captions, **self._limits())
+
+    def _limits(self) -> dict[str, int | None]:
+        return {"max_length": self.max_length, "max_caption_tokens": self.max_caption_tokens}
 
     def _decoded(self, rows: Sequence[dict[str, Any]]) -> tuple[list[Any], list[str]]:
         """Each row's frames ``(T, H, W, 3)``, decoding paths here; a clip that cannot be decoded is skipped.
@@ -66,3 +76,28 @@ class KVCapDataCollator:
             videos, captions = [self._last_good[0]], [self._last_good[1]]
         self._last_good = (videos[-1], captions[-1])
         return videos, captions
+
+
+def note_long_captions(
+    captions: Sequence[str], processor: KVCapProcessor, max_caption_tokens: int | None, split: str
+) -> int:
+    """Say before training how many of a split's captions `max_caption_tokens` will cut; returns that count.
+
+    A cut caption is never silent: hours into a run, a per-batch warning is easy to miss, so the count over the
+    whole split comes first, with the longest caption's length.
+    """
+    if max_caption_tokens is None or not captions:
+        return 0
+    from processing.aihub import caption_token_lengths
+
+    targets = [length + 1 for length in caption_token_lengths(captions, processor.tokenizer)]  # + end of turn
+    over = sum(length > max_caption_tokens for length in targets)
+    where = f"{split}: {over} of {len(targets)} captions"
+    if over:
+        logger.warning(
+            f"{where} are longer than --max_caption_tokens {max_caption_tokens} (caption + end-of-turn) and are cut "
+            f"to it in training (longest {max(targets)} tokens); raise the limit to keep them whole."
+        )
+    else:
+        logger.info(f"{where} exceed --max_caption_tokens {max_caption_tokens} (longest {max(targets)} tokens).")
+    return over

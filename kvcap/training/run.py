@@ -30,7 +30,7 @@ from .arguments import (
     checkpoints_in,
     parse_arguments,
 )
-from .collator import KVCapDataCollator
+from .collator import KVCapDataCollator, note_long_captions
 from .export import check_hub_push, export_merged_model, push_folder
 from .model_card import write_adapter_card, write_model_card
 from .monitor import DiversityMonitorCallback
@@ -174,6 +174,9 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
         train_dataset = cache_video_features(train_dataset, encoder, processor, **options)
         eval_dataset = cache_video_features(eval_dataset, encoder, processor, **options)
 
+    for split, dataset in ((data_args.train_split, train_dataset), (data_args.eval_split, eval_dataset)):
+        note_long_captions(dataset["caption"], processor, data_args.max_caption_tokens, split)
+
     def caption_fn(model: torch.nn.Module, videos: list) -> list[str]:
         return generate_captions(model, processor, videos, batch_size=training_args.per_device_eval_batch_size)
 
@@ -190,7 +193,9 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=KVCapDataCollator(processor, max_length=data_args.max_length),
+        data_collator=KVCapDataCollator(
+            processor, max_length=data_args.max_length, max_caption_tokens=data_args.max_caption_tokens
+        ),
         processing_class=processor,
         callbacks=[monitor],
     )
