@@ -456,11 +456,26 @@ def test_best_checkpoint_can_be_kept_by_diversity(tiny_backbones, corpus, tmp_pa
 
 def test_qlora_run_exports_lora_merged_into_unquantized_weights(tiny_backbones, corpus, tmp_path):
     pytest.importorskip("bitsandbytes")
-    run = train_hf.prepare_run(run_argv(tiny_backbones, corpus, tmp_path / "run", load_in_4bit=True))
+    import eval_hf
+
+    argv = run_argv(tiny_backbones, corpus, tmp_path / "run", load_in_4bit=True, final_eval=True)
+    run = train_hf.prepare_run(argv)
     quantized = run.trainer.model.get_base_model().language_model.layers[0].self_attn.q_proj
     assert type(quantized.base_layer).__name__ == "Linear4bit"
     run.trainer.train()
-    train_hf.finish_run(run)
+    metrics = train_hf.finish_run(run)
+
+    # The final evaluation loads the release on the training device in 4-bit, as eval_hf.py does with
+    # --load_in_4bit, and captions as it does.
+    source = metrics["source"]
+    assert (source["device"], source["load_in_4bit"]) == ("cpu", True)
+    final_eval = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").open()]
+    eval_argv = ["--model_name_or_path", str(tmp_path / "run" / "final"), "--data_dir", str(corpus), "--split", "val"]
+    eval_argv += ["--output_dir", str(tmp_path / "eval_hf"), "--load_in_4bit", "true", "--batch_size", "4"]
+    assert eval_hf.main([*eval_argv, "--no_progress"]) == 0
+    by_eval_hf = [json.loads(line) for line in (tmp_path / "eval_hf" / "predictions.jsonl").open()]
+    assert [row["prediction"] for row in final_eval] == [row["prediction"] for row in by_eval_hf]
+    assert len(final_eval) == 4
 
     merged = load_file(tmp_path / "run" / "final" / "model.safetensors")
     base = load_file(Path(tiny_backbones["qwen3"]) / "model.safetensors")
@@ -555,14 +570,14 @@ def test_a_model_drawn_to_its_video_placeholder_still_captions_in_the_monitor_an
         biased[..., video_token_id] = output.amax() + 10.0
         return biased
 
-    export = training_run.export_merged_model
+    load = training_run.load_model_and_processor
 
-    def export_then_bias(*args, **kwargs):
-        merged = export(*args, **kwargs)
-        merged.lm_head.register_forward_hook(towards_the_placeholder)
-        return merged
+    def load_then_bias(*args, **kwargs):
+        model, processor = load(*args, **kwargs)
+        model.lm_head.register_forward_hook(towards_the_placeholder)
+        return model, processor
 
-    monkeypatch.setattr(training_run, "export_merged_model", export_then_bias)
+    monkeypatch.setattr(training_run, "load_model_and_processor", load_then_bias)
     argv = run_argv(tiny_backbones, corpus, tmp_path / "run", eval_strategy="epoch", final_eval=True)
     run = train_hf.prepare_run(argv)
     video_token_id = run.processor.video_token_id

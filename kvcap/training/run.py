@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -21,7 +22,7 @@ from ..bitsandbytes_notice import note_cpu_4bit
 from ..corpus import open_split
 from ..cpu_threads import apply_cpu_threads
 from ..evaluation import ScoringArguments, evaluate_model, headline, records_from_dataset
-from ..generation import GenerationArguments, generate_captions, resolve_dtype
+from ..generation import GenerationArguments, generate_captions, load_model_and_processor, resolve_dtype
 from .arguments import (
     RUN_OUTPUTS,
     DataArguments,
@@ -225,9 +226,29 @@ def card_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def final_evaluation(model: torch.nn.Module, processor: KVCapProcessor, run: TrainingRun) -> dict[str, Any]:
-    """`kvcap.evaluation` on the validation split with the exported model, written to `OUTPUT_DIR/eval/`."""
+def release_optimizer_memory(trainer: KVCapTrainer) -> None:
+    """Free the optimizer's state and the device's cached blocks once training is over, before the final
+    evaluation loads the exported model on the same device (the trained model itself stays)."""
+    trainer.optimizer = None
+    trainer.lr_scheduler = None
+    trainer.accelerator.free_memory()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def final_evaluation(run: TrainingRun) -> dict[str, Any]:
+    """`kvcap.evaluation` on the validation split with the exported model, written to `OUTPUT_DIR/eval/`.
+
+    The exported folder is loaded as ``eval_hf.py --model_name_or_path OUTPUT_DIR/final`` loads it, on the device
+    training ran on, in 4-bit when training was (``--load_in_4bit``: the merged bf16 model of the 8B presets does
+    not fit a 24 GB card beside its cache of keys and values), and captions with the same decoding.
+    """
     args = run.training_args
+    final_dir = Path(args.output_dir) / "final"
+    device, load_in_4bit = str(args.device), run.model_args.load_in_4bit
+    model, processor = load_model_and_processor(str(final_dir), device=device, load_in_4bit=load_in_4bit)
+    logger.info(f"Final evaluation of {final_dir} on {device}" + (" (language model in 4-bit)" if load_in_4bit else ""))
     metrics, paths = evaluate_model(
         model,
         processor,
@@ -236,9 +257,11 @@ def final_evaluation(model: torch.nn.Module, processor: KVCapProcessor, run: Tra
         generation=GenerationArguments(batch_size=args.per_device_eval_batch_size),
         scoring=ScoringArguments(),
         source={
-            "model_name_or_path": str(Path(args.output_dir) / "final"),
+            "model_name_or_path": str(final_dir),
             "data_dir": run.data_args.data_dir,
             "split": run.data_args.eval_split,
+            "device": device,
+            "load_in_4bit": load_in_4bit,
         },
         title=f"kvcap · {Path(args.output_dir).name} · {run.data_args.eval_split}",
         progress=False,
@@ -276,20 +299,24 @@ def finish_run(run: TrainingRun) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     final_dir = Path(training_args.output_dir) / "final"
     if trainer.is_world_process_zero():
+        release_optimizer_memory(trainer)
         merged = export_merged_model(trainer.model, final_dir, run.processor, dtype=resolve_dtype("auto"))
+        config, generation_config = merged.config, merged.generation_config
+        del merged  # a CPU copy of the whole model in bf16 (16 GB at real size); the evaluation loads its own
+        gc.collect()
         if training_args.final_eval:
-            metrics = final_evaluation(merged, run.processor, run)
+            metrics = final_evaluation(run)
         card = card_metrics(metrics) if metrics else None
         write_model_card(
             final_dir,
-            merged.config,
-            merged.generation_config,
+            config,
+            generation_config,
             training_args,
             card,
             run.data_args.dataset_name,
             run.data_args.dataset_hub_id,
         )
-        write_adapter_card(final_dir / "adapter", merged.config, training_args.hub_model_id)
+        write_adapter_card(final_dir / "adapter", config, training_args.hub_model_id)
         logger.info(f"Final model: {final_dir}")
         if run.push_to_hub:
             url = push_folder(
