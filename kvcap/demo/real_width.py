@@ -77,4 +77,18 @@ def save_real_width_backbones(
     return paths
 
 
-__all__ = ["real_width_configs", "save_real_width_backbones"]
+def write_aihub_length_corpus(root: str | Path, num_train: int = 1, num_val: int = 1, seed: int = 0) -> Path:
+    """A few demo clips in the AI-Hub layout whose captions are AI-Hub-length paragraphs (``aihub_like_caption``)."""
+    from .corpus import generate_corpus
+    from .qwen3_tokenizer import aihub_like_caption
+
+    root = Path(root)
+    generate_corpus(root, num_train=num_train, num_val=num_val, seed=seed, size=64, workers=1)
+    for index, label_path in enumerate(sorted(root.glob("*/labels/*.json"))):
+        label = json.loads(label_path.read_text(encoding="utf-8"))
+        label["annotation"]["description_kr"] = aihub_like_caption(seed * 1000 + index)
+        label_path.write_text(json.dumps(label, ensure_ascii=False), encoding="utf-8")
+    return root
+
+
+__all__ = ["real_width_configs", "save_real_width_backbones", "write_aihub_length_corpus"]

@@ -61,6 +61,10 @@ class ModelArguments:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | flash_attention_2 | eager"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights' and compute dtype: auto (bfloat16 on a GPU, float32 on CPU), bfloat16, float32."},
+    )
 
     def model_settings(self) -> dict:
         """The `KVCapConfig` settings chosen here, passed whole to the model builder."""
