@@ -22,13 +22,20 @@ Shapes (``kvcap.demo.benchmarking``):
   Python overhead, dominates: 96 px frames in 8 px patches (12 × 12 = 144 patches, 8 × 144 = 1,152 video tokens for
   linear / mlp_2l against 64 query tokens; real size is 4,608 against 64), CLIP 128 wide × 4 layers, Qwen3 256 wide
   × 4 layers, the shipped tiny Korean tokenizer;
-* ``--real-shape``: CLIP-ViT-L/14-336 and Qwen3-8B (``KVCapConfig()`` defaults), randomly initialised on the device
-  in bfloat16, nothing downloaded; ``--text-layers`` / ``--vision-layers`` shrink them to fit or to go faster.
+* ``--real-shape``: the presets' model: CLIP-ViT-L/14-336 and Qwen3-8B randomly initialised on the device
+  (``kvcap.demo.benchmarking.real_width_model``: bf16, the language model's linear layers in 4-bit NF4 per
+  ``kvcap_4bit_config``, the projector in float32, the decoding policy ``from_pretrained_backbones`` gives), nothing
+  downloaded, with Qwen3's real tokenizer, so prompts have their real length; ``--text-layers`` / ``--vision-layers``
+  shrink it to fit or to go faster, ``--no-load-in-4bit`` keeps the language model in bf16. AI-Hub's captions are
+  ~450 Qwen3 tokens (``kvcap.demo.qwen3_tokenizer.aihub_like_caption``): ``--max-new-tokens 448`` generates
+  real-length captions.
 
 Run from the repository root::
 
     python bench/bench_generate.py --batch-size 8 --max-new-tokens 64 --runs 3 --threads 1
-    python bench/bench_generate.py --real-shape --device cuda --batch-size 8 --max-new-tokens 256 --runs 3
+    python bench/bench_generate.py --real-shape --device cuda --batch-size 8 --max-new-tokens 448 --runs 3
+    python bench/bench_generate.py --real-shape --device cpu --text-layers 2 --vision-layers 2 --batch-size 2 \\
+        --max-new-tokens 8 --runs 1 --threads 2
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ if str(REPO) not in sys.path:
 from transformers import Qwen3ForCausalLM  # noqa: E402
 
 from kvcap.demo.benchmarking import bench_model, machine_description, make_processor, write_result  # noqa: E402
+from kvcap.demo.qwen3_tokenizer import load_qwen3_tokenizer  # noqa: E402
 from kvcap.demo.tiny_backbones import load_tokenizer  # noqa: E402
 from kvcap.generation import generate_captions  # noqa: E402
 from modeling_kvcap import PROJECTOR_TYPES, KVCapForConditionalGeneration  # noqa: E402
@@ -130,7 +138,8 @@ def timed(fn: Callable[..., list[str]], *args, device: str) -> tuple[float, list
 
 
 def run(args: argparse.Namespace) -> str:
-    tokenizer = load_tokenizer()
+    # Qwen3's own tokenizer at real shape: prompts (and decoded captions) have their real length.
+    tokenizer = load_qwen3_tokenizer() if args.real_shape else load_tokenizer()
     rows = []
     for projector_type in args.projectors:
         model = bench_model(projector_type, tokenizer, args)
@@ -181,7 +190,10 @@ def run(args: argparse.Namespace) -> str:
 
 
 def format_table(rows: list[dict], args: argparse.Namespace) -> str:
-    shape = "real shape (CLIP-ViT-L/14-336 + Qwen3-8B, random bf16)" if args.real_shape else "CPU bench shape"
+    shape = "CPU bench shape"
+    if args.real_shape:
+        weights = "language model NF4 (kvcap_4bit_config), bf16 compute" if args.load_in_4bit else "bf16 weights"
+        shape = f"real shape (CLIP-ViT-L/14-336 + Qwen3-8B width, random; {weights}; Qwen3 tokenizer)"
     if args.real_shape and (args.text_layers or args.vision_layers):
         shape += f", {args.text_layers or 36} text layers, {args.vision_layers or 24} vision layers"
     lines = [
@@ -210,9 +222,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--projectors", nargs="+", default=list(PROJECTOR_TYPES), choices=PROJECTOR_TYPES)
     parser.add_argument("--image-size", type=int, default=96, help="CPU shape: frame side (8 px patches)")
     parser.add_argument("--num-query-tokens", type=int, default=64, help="CPU shape: perceiver / c_abstractor")
-    parser.add_argument("--real-shape", action="store_true", help="CLIP-ViT-L/14-336 + Qwen3-8B, random, bf16")
+    parser.add_argument("--real-shape", action="store_true", help="CLIP-ViT-L/14-336 + Qwen3-8B as the presets")
     parser.add_argument("--text-layers", type=int, default=None, help="language-model layers (default: full)")
     parser.add_argument("--vision-layers", type=int, default=None, help="vision-tower layers (default: full)")
+    parser.add_argument(
+        "--load-in-4bit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="real shape: the language model in NF4 as the presets (--no-load-in-4bit: bf16)",
+    )
     parser.add_argument("--device", default=None, help="default: cuda with --real-shape when available, else cpu")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (1 keeps timings stable on a shared CPU)"
