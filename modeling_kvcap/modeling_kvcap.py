@@ -592,8 +592,13 @@ def _keep_cpu_4bit_weights_differentiable(module: nn.Module) -> None:
             )
 
 
-def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16):
+def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16, quant_storage: torch.dtype | None = None):
     """QLoRA's quantization of the language model: NF4 weights, double quantization, bf16 compute.
+
+    ``quant_storage`` is the dtype the packed 4-bit weights are held in; ``None`` keeps bitsandbytes' uint8.
+    accelerate's FSDP shards them only when held in a floating dtype (uint8 ones stay whole on every rank), so a
+    sharded run holds them as e.g. ``torch.bfloat16``: the same bytes (four 4-bit values per element instead of
+    two), the same dequantized weights, the same forward pass.
 
     The skip list keeps the vision tower, the projector and `lm_head` unquantized also when the config is passed to
     `from_pretrained` of a whole saved kvcap model.
@@ -605,6 +610,7 @@ def kvcap_4bit_config(compute_dtype: torch.dtype = torch.bfloat16):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=quant_storage,  # None: uint8
         # Skip patterns match from the start of a module's full name (or as its suffix), hence both spellings:
         # "vision_tower" in a bare KVCapModel, "model.vision_tower" in KVCapForConditionalGeneration.
         llm_int8_skip_modules=[

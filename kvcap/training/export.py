@@ -32,12 +32,35 @@ def trained_projector(model: torch.nn.Module) -> torch.nn.Module:
     return projector
 
 
+def gather_trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Under FSDP, the trained tensors (LoRA and the projector's trained copy) in full, on every rank.
+
+    A collective: every process calls it, in the same order. ``None`` when the model is not sharded, so the export
+    reads the model itself.
+    """
+    from torch.distributed.tensor import DTensor
+
+    state = model.state_dict()
+    if not any(isinstance(value, DTensor) for value in state.values()):
+        return None
+    trained = {}
+    for name, value in state.items():
+        if ".lora_" in name or ".modules_to_save." in name:
+            trained[name] = (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
+    return trained
+
+
 def export_merged_model(
-    trained: PeftModel, output_dir: str | Path, processor, dtype: torch.dtype = torch.bfloat16
+    trained: PeftModel,
+    output_dir: str | Path,
+    processor,
+    dtype: torch.dtype = torch.bfloat16,
+    trained_state: dict[str, torch.Tensor] | None = None,
 ) -> KVCapForConditionalGeneration:
     """Rebuild kvcap from the base checkpoints unquantized, load the trained projector, merge LoRA, save.
 
-    Returns the merged model (in `dtype`).
+    ``trained_state``: the trained tensors gathered from a sharded model (`gather_trained_state`); without it they
+    are read from ``trained``. Returns the merged model (in `dtype`).
     """
     config = trained.get_base_model().config
     merged = KVCapForConditionalGeneration.from_pretrained_backbones(
@@ -50,7 +73,13 @@ def export_merged_model(
     )
     # The trained model's decoding policy (e.g. a run's max_new_tokens) is the released folder's.
     merged.generation_config = copy.deepcopy(trained.get_base_model().generation_config)
-    merged.multi_modal_projector.load_state_dict(trained_projector(trained).state_dict())
+    projector = trained_projector(trained)
+    if trained_state is None:
+        projector_state = projector.state_dict()
+    else:
+        prefix = next(name for name, module in trained.named_modules() if module is projector) + "."
+        projector_state = {key[len(prefix) :]: value for key, value in trained_state.items() if key.startswith(prefix)}
+    merged.multi_modal_projector.load_state_dict(projector_state)
 
     adapter_config = trained.peft_config[trained.active_adapter]
     lora = LoraConfig(
@@ -61,7 +90,9 @@ def export_merged_model(
         bias=adapter_config.bias,
     )
     adapter_state = {
-        key: value for key, value in get_peft_model_state_dict(trained).items() if "multi_modal_projector" not in key
+        key: value
+        for key, value in get_peft_model_state_dict(trained, state_dict=trained_state).items()
+        if "multi_modal_projector" not in key
     }
     with_adapter = get_peft_model(merged, lora)
     result = set_peft_model_state_dict(with_adapter, adapter_state)
@@ -73,7 +104,7 @@ def export_merged_model(
     with naming_a_full_disk(output_dir, "the final model folder"):
         merged.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-        trained.save_pretrained(output_dir / "adapter")
+        trained.save_pretrained(output_dir / "adapter", state_dict=trained_state)
     return merged
 
 

@@ -6,6 +6,7 @@ import gc
 import importlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from .arguments import (
     parse_arguments,
 )
 from .collator import KVCapDataCollator, note_long_captions
-from .export import check_hub_push, export_merged_model, push_folder
+from .export import check_hub_push, export_merged_model, gather_trained_state, push_folder
 from .model_card import write_adapter_card, write_model_card
 from .monitor import DiversityMonitorCallback
 from .tensorboard import captions_markdown, log_to_tensorboard
@@ -68,12 +69,23 @@ def run_preparation(model_args: ModelArguments, data_args: DataArguments) -> Non
 
 def build_model(model_args: ModelArguments, training_args: KVCapTrainingArguments) -> Any:
     """kvcap composed from the backbones, LoRA on the language model, the projector trained in full."""
-    dtype = resolve_dtype("auto")
-    quantization = kvcap_4bit_config(compute_dtype=dtype) if model_args.load_in_4bit else None
+    dtype = resolve_dtype(model_args.dtype)
+    # accelerate's launcher announces FSDP in the environment; `--fsdp` is the Trainer's own way to ask for it.
+    sharded = bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    quantization = None
+    if model_args.load_in_4bit:
+        # FSDP shards 4-bit weights only when their packed bytes are held in a floating dtype (as uint8, accelerate
+        # leaves them whole on every rank), and it casts floating weights to its mixed-precision dtype as it gathers
+        # them: bytes held in any other dtype would be converted, not kept. So they are held in the dtype FSDP
+        # gathers in: the mixed-precision one, else the model's.
+        gathered = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(training_args.mixed_precision, dtype)
+        quantization = kvcap_4bit_config(compute_dtype=dtype, quant_storage=gathered if sharded else None)
+    # Under FSDP no device map: bitsandbytes quantizes onto the process's own GPU (which the launcher made current)
+    # and FSDP, not a map, places the weights.
     device_map = None
-    if quantization is not None and torch.cuda.is_available():
+    if quantization is not None and torch.cuda.is_available() and not sharded:
         device_map = {"": training_args.local_process_index}  # one full replica per DDP process
-    elif quantization is not None:
+    elif quantization is not None and not torch.cuda.is_available():
         note_cpu_4bit(logger)
     model = KVCapForConditionalGeneration.from_pretrained_backbones(
         model_args.vision_model_name_or_path,
@@ -247,7 +259,9 @@ def final_evaluation(run: TrainingRun) -> dict[str, Any]:
     args = run.training_args
     final_dir = Path(args.output_dir) / "final"
     device, load_in_4bit = str(args.device), run.model_args.load_in_4bit
-    model, processor = load_model_and_processor(str(final_dir), device=device, load_in_4bit=load_in_4bit)
+    model, processor = load_model_and_processor(
+        str(final_dir), device=device, dtype=run.model_args.dtype, load_in_4bit=load_in_4bit
+    )
     logger.info(f"Final evaluation of {final_dir} on {device}" + (" (language model in 4-bit)" if load_in_4bit else ""))
     metrics, paths = evaluate_model(
         model,
@@ -298,9 +312,12 @@ def finish_run(run: TrainingRun) -> dict[str, Any]:
     trainer, training_args = run.trainer, run.training_args
     metrics: dict[str, Any] = {}
     final_dir = Path(training_args.output_dir) / "final"
+    # Under FSDP every rank holds a shard of the trained weights: all of them take part in gathering them.
+    trained_state = gather_trained_state(trainer.model)
     if trainer.is_world_process_zero():
         release_optimizer_memory(trainer)
-        merged = export_merged_model(trainer.model, final_dir, run.processor, dtype=resolve_dtype("auto"))
+        dtype = resolve_dtype(run.model_args.dtype)
+        merged = export_merged_model(trainer.model, final_dir, run.processor, dtype=dtype, trained_state=trained_state)
         config, generation_config = merged.config, merged.generation_config
         del merged  # a CPU copy of the whole model in bf16 (16 GB at real size); the evaluation loads its own
         gc.collect()
@@ -327,4 +344,8 @@ def finish_run(run: TrainingRun) -> dict[str, Any]:
             )
             logger.info(f"Pushed to {url}")
     trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        # A gloo group left to the interpreter's exit sometimes aborts a rank there ("terminate called without an
+        # active exception"), failing a run that has finished.
+        torch.distributed.destroy_process_group()
     return metrics

@@ -121,6 +121,21 @@ def apply_stage(model: nn.Module, stage: int) -> None:
         param.requires_grad_(True)
 
 
+def initialize_fsdp_while_trainable(model: nn.Module) -> None:
+    """Under FSDP2, run its lazy initialization now, while every parameter that will train still requires grad.
+
+    FSDP2 fixes each shard group's gradient dtypes at its lazy initialization (normally the first forward, which
+    is in stage 1): a group with no trainable parameter then gets none, and once LoRA trains in stage 2 its
+    mixed-precision gradients (bf16) are not cast back to the fp32 parameters ("attempting to assign a gradient
+    with dtype BFloat16 to a tensor with grad_dtype Float"). Initialization is idempotent, so the first forward
+    then skips it.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()
+
+
 class StageSwitchCallback(TrainerCallback):
     """Switches stage 1 → 2 at the right optimizer step (`KVCapTrainer.log` adds the stage to every log line)."""
 
@@ -135,6 +150,7 @@ class StageSwitchCallback(TrainerCallback):
             self.stage = stage
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        initialize_fsdp_while_trainable(model)
         self._enter(model, state.global_step)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from transformers import Trainer
@@ -27,6 +28,11 @@ class KVCapTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.stage_callback = StageSwitchCallback(schedule=None)
         self.add_callback(self.stage_callback)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if shard_on_cpu(self.accelerator.state):
+            self.is_fsdp_enabled = True
 
     def _save_checkpoint(self, model, trial) -> None:
         # A full disk otherwise surfaces as torch's "file write failed", naming no folder. The cut checkpoint
@@ -69,3 +75,26 @@ class KVCapTrainer(Trainer):
             logs["stage"] = schedule.stage_at(step)
             logs["learning_rate_lora"] = schedule.learning_rate(step, LORA)
         super().log(logs, *args, **kwargs)
+
+
+def shard_on_cpu(state) -> bool:
+    """Apply an FSDP launch's plugin to CPU processes, which accelerate would otherwise train as plain DDP.
+
+    accelerate turns an FSDP launch into FSDP on accelerator devices only; on CPU processes (joined over gloo) it
+    keeps `MULTI_CPU`, so every rank would silently hold the whole model. torch's FSDP2 runs on CPU, so the plugin
+    accelerate read from the launch is applied here. Returns whether it was.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables the launcher set
+    if plugin.fsdp_version != 2:
+        raise ValueError("FSDP on CPU processes needs fsdp_version: 2 (FSDP1 shards on accelerator devices only).")
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    return True
