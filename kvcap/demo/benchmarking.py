@@ -211,6 +211,8 @@ def quantize_language_model(model: KVCapForConditionalGeneration, quantization_c
             layer.bias = nn.Parameter(bias.data, requires_grad=False)
         del weight
         replaced += 1
+    # New layers start in training mode; they take the model's, as loaded ones do (it decides bitsandbytes' kernel).
+    language_model.train(model.training)
     model.is_loaded_in_4bit = True
     model.config.text_config.quantization_config = quantization_config.to_dict()
     return replaced
