@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -43,13 +42,11 @@ PROJECTORS = ["linear", "mlp_2l", "perceiver", "c_abstractor"]
 
 
 def measure(projector: str, work: Path, backbones: Path, corpus: Path, threads: int) -> dict:
-    command = [sys.executable, "-m", "kvcap.demo.real_width_run", "--projector", projector]
-    command += ["--backbones", str(backbones), "--corpus", str(corpus), "--output_dir", str(work / projector)]
-    command += ["--feature_cache_dir", str(work / "feature-cache"), "--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{projector}: {done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from kvcap.demo.real_width_run import run_in_subprocess
+
+    return run_in_subprocess(
+        projector, backbones, corpus, work / projector, work / "feature-cache", "--threads", str(threads)
+    )
 
 
 def at_full_depth(result: dict, text_layers: int, train_batch: int, eval_batch: int) -> dict[str, float]:

@@ -8,16 +8,12 @@ Each projector runs in its own process, so its peak memory is its own.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kvcap.demo.real_width import save_real_width_backbones, write_aihub_length_corpus
-
-from .conftest import REPO_ROOT
+from kvcap.demo.real_width_run import run_in_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -32,22 +28,17 @@ POSITIONS = {"linear": 4632 + 450, "mlp_2l": 4632 + 450, "perceiver": 88 + 450, 
 @pytest.fixture(scope="module")
 def real_width(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("real-width")
-    backbones = save_real_width_backbones(folder / "backbones", text_layers=2, vision_layers=24)
+    save_real_width_backbones(folder / "backbones", text_layers=2, vision_layers=24)
     return {
         "backbones": folder / "backbones",
         "corpus": write_aihub_length_corpus(folder / "corpus"),
         "feature_cache": folder / "feature-cache",
-        **backbones,
     }
 
 
 def run_preset(real_width: dict[str, Path], projector: str, tmp_path: Path, *extra: str) -> dict:
-    command = [sys.executable, "-m", "kvcap.demo.real_width_run", "--projector", projector]
-    command += ["--backbones", str(real_width["backbones"]), "--corpus", str(real_width["corpus"])]
-    command += ["--output_dir", str(tmp_path / projector), "--feature_cache_dir", str(real_width["feature_cache"])]
-    done = subprocess.run([*command, *extra], capture_output=True, text=True, cwd=REPO_ROOT, timeout=1800)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    paths = (real_width["backbones"], real_width["corpus"], tmp_path / projector, real_width["feature_cache"])
+    return run_in_subprocess(projector, *paths, *extra, timeout=1800)
 
 
 @pytest.mark.parametrize("projector", ["linear", "mlp_2l", "perceiver", "c_abstractor"])

@@ -30,9 +30,11 @@ from torch import nn
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, Qwen3Config
 
 from modeling_kvcap import KVCapConfig, KVCapForConditionalGeneration, kvcap_4bit_config
-from modeling_kvcap.configuration_kvcap import CLIP_VIT_L_14_336, MODEL_SETTINGS, QWEN3_8B
+from modeling_kvcap.configuration_kvcap import MODEL_SETTINGS
 from modeling_kvcap.modeling_kvcap import kvcap_generation_config
 from processing.processing_kvcap import KVCapProcessor
+
+from .real_width import random_model, real_width_configs
 
 
 def cpu_bench_config(
@@ -97,8 +99,7 @@ def real_shape_config(
     the tiny tokenizer's ids also lie inside Qwen3's vocabulary. ``text_layers`` / ``vision_layers`` default to the
     full 36 / 24; ``settings`` are further ``KVCapConfig`` fields (a preset's ``num_query_tokens``, ...).
     """
-    vision = CLIPVisionConfig(**{**CLIP_VIT_L_14_336, "num_hidden_layers": vision_layers or 24})
-    text = Qwen3Config(**{**QWEN3_8B, "num_hidden_layers": text_layers or 36, "pad_token_id": tokenizer.pad_token_id})
+    vision, text = real_width_configs(text_layers or 36, vision_layers or 24, pad_token_id=tokenizer.pad_token_id)
     return KVCapConfig(
         vision_config=vision,
         text_config=text,
@@ -135,16 +136,7 @@ def bench_model(projector_type: str, tokenizer: Any, args: Any) -> KVCapForCondi
 
 def build(config: KVCapConfig, device: str, dtype: torch.dtype, seed: int) -> KVCapForConditionalGeneration:
     """A randomly initialised kvcap model (seeded), built directly on ``device`` in ``dtype``, in eval mode."""
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        # Built directly on the device in the target dtype: an 8B model never passes through CPU float32.
-        with torch.device(device):
-            model = KVCapForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval()
+    return random_model(KVCapForConditionalGeneration, config, dtype, seed, device).eval()
 
 
 def real_width_model(

@@ -24,20 +24,26 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 RECIPE_FILE = "kvcap_real_width.json"
 
 
-def real_width_configs(text_layers: int = 2, vision_layers: int = 24) -> tuple[CLIPVisionConfig, Qwen3Config]:
+def real_width_configs(
+    text_layers: int = 2, vision_layers: int = 24, pad_token_id: int = 151643
+) -> tuple[CLIPVisionConfig, Qwen3Config]:
     """CLIP-ViT-L/14-336's and Qwen3-8B's configs with ``vision_layers`` / ``text_layers`` layers."""
     vision = CLIPVisionConfig(**{**CLIP_VIT_L_14_336, "num_hidden_layers": vision_layers})
-    text = Qwen3Config(**{**QWEN3_8B, "num_hidden_layers": text_layers, "pad_token_id": 151643})
+    text = Qwen3Config(**{**QWEN3_8B, "num_hidden_layers": text_layers, "pad_token_id": pad_token_id})
     return vision, text
 
 
-def _random_model(config, model_class, dtype: torch.dtype, seed: int) -> torch.nn.Module:
+def random_model(
+    model_class: type[torch.nn.Module], config, dtype: torch.dtype, seed: int, device: str = "cpu"
+) -> torch.nn.Module:
+    """``model_class(config)`` with seeded random weights, built directly on ``device`` in ``dtype``."""
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        # Built in the target dtype: a 1.6B-parameter language model never exists in float32.
-        return model_class(config)
+        # Built in the target dtype on the device: an 8B model never passes through CPU float32.
+        with torch.device(device):
+            return model_class(config)
     finally:
         torch.set_default_dtype(previous)
 
@@ -56,7 +62,7 @@ def save_real_width_backbones(
     if recipe_path.is_file() and json.loads(recipe_path.read_text(encoding="utf-8")) == recipe:
         return paths
     vision_config, text_config = real_width_configs(text_layers, vision_layers)
-    vision = _random_model(vision_config, CLIPVisionModel, torch.bfloat16, seed)
+    vision = random_model(CLIPVisionModel, vision_config, torch.bfloat16, seed)
     vision.save_pretrained(paths["clip-vision"])
     del vision
     size = CLIP_VIT_L_14_336["image_size"]
@@ -69,7 +75,7 @@ def save_real_width_backbones(
 
     from transformers import Qwen3ForCausalLM
 
-    text = _random_model(text_config, Qwen3ForCausalLM, torch.bfloat16, seed + 1)
+    text = random_model(Qwen3ForCausalLM, text_config, torch.bfloat16, seed + 1)
     text.save_pretrained(paths["qwen3"])
     del text
     load_qwen3_tokenizer().save_pretrained(paths["qwen3"])
@@ -91,4 +97,4 @@ def write_aihub_length_corpus(root: str | Path, num_train: int = 1, num_val: int
     return root
 
 
-__all__ = ["real_width_configs", "save_real_width_backbones", "write_aihub_length_corpus"]
+__all__ = ["random_model", "real_width_configs", "save_real_width_backbones", "write_aihub_length_corpus"]

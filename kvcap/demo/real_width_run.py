@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -167,6 +168,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         result["seconds"]["finish"] = time.perf_counter() - trained
     return result
+
+
+def run_in_subprocess(
+    projector: str,
+    backbones: Path,
+    corpus: Path,
+    output_dir: Path,
+    feature_cache_dir: Path,
+    *extra: str,
+    timeout: float = 3600,
+) -> dict[str, Any]:
+    """This module's run in a process of its own (so its peak memory is its own); returns its JSON result."""
+    command = [sys.executable, "-m", __name__, "--projector", projector, "--backbones", str(backbones)]
+    command += ["--corpus", str(corpus), "--output_dir", str(output_dir)]
+    command += ["--feature_cache_dir", str(feature_cache_dir), *extra]
+    repository = Path(__file__).resolve().parents[2]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repository, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{projector} at real width failed: {done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
