@@ -21,6 +21,8 @@ CUSTOM_PIPELINES = {
 PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
 # Projectors that keep every patch of every frame as a video token; the others compress a clip to num_query_tokens.
 PER_PATCH_PROJECTORS = ("linear", "mlp_2l")
+# How time reaches the language model beyond token order (see `temporal.py`): `none` is the seed's configuration.
+TEMPORAL_ENCODINGS = ("none", "frame_embedding", "spatiotemporal_conv", "motion_conv")
 # What a user chooses when composing kvcap from backbones; everything else follows from the backbones. Training sets
 # them, export rebuilds the model from `KVCapConfig.settings()` and config.json keeps them.
 MODEL_SETTINGS = (
@@ -32,6 +34,7 @@ MODEL_SETTINGS = (
     "perceiver_depth",
     "perceiver_num_heads",
     "abstractor_depth",
+    "temporal_encoding",
 )
 
 DEFAULT_VISION_MODEL = "openai/clip-vit-large-patch14-336"
@@ -115,6 +118,12 @@ class KVCapConfig(PreTrainedConfig):
             Attention heads of the `perceiver` projector (64 dims each).
         abstractor_depth (`int`, *optional*, defaults to 3):
             ResNet blocks before and after the pooling of the `c_abstractor` projector.
+        temporal_encoding (`str`, *optional*, defaults to `"none"`):
+            What tells the projector where each frame sits in time, before it reads the patch features: `none`
+            (token order only, the seed's configuration), `frame_embedding` (a learned embedding per frame added to
+            every patch) or `spatiotemporal_conv` (a residual depthwise 3 × 3 × 3 convolution over frames and the
+            patch grid, so each patch token carries how its neighbourhood changes from frame to frame). Works with
+            every projector.
         vision_model_name_or_path (`str`, *optional*):
             Hub id or path the vision tower was built from.
         text_model_name_or_path (`str`, *optional*):
@@ -140,6 +149,7 @@ class KVCapConfig(PreTrainedConfig):
     perceiver_depth: int = 6
     perceiver_num_heads: int = 8
     abstractor_depth: int = 3
+    temporal_encoding: str = "none"
     vision_model_name_or_path: str | None = DEFAULT_VISION_MODEL
     text_model_name_or_path: str | None = DEFAULT_TEXT_MODEL
     tie_word_embeddings: bool = False
@@ -149,6 +159,10 @@ class KVCapConfig(PreTrainedConfig):
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(
                 f"Unknown projector_type {self.projector_type!r}; choose one of {', '.join(PROJECTOR_TYPES)}."
+            )
+        if self.temporal_encoding not in TEMPORAL_ENCODINGS:
+            raise ValueError(
+                f"Unknown temporal_encoding {self.temporal_encoding!r}; choose one of {', '.join(TEMPORAL_ENCODINGS)}."
             )
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be at least 1, got {self.num_frames}.")
@@ -205,4 +219,4 @@ class KVCapConfig(PreTrainedConfig):
         return c_abstractor_pool_shape(self.num_frames, self.num_query_tokens, self.patch_grid)
 
 
-__all__ = ["MODEL_SETTINGS", "PER_PATCH_PROJECTORS", "PROJECTOR_TYPES", "KVCapConfig"]
+__all__ = ["MODEL_SETTINGS", "PER_PATCH_PROJECTORS", "PROJECTOR_TYPES", "TEMPORAL_ENCODINGS", "KVCapConfig"]

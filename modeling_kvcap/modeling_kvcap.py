@@ -29,6 +29,7 @@ from .configuration_kvcap import DEFAULT_TEXT_MODEL, DEFAULT_VISION_MODEL, KVCap
 # Imported so that save_pretrained copies it beside the model: pipeline(model=folder) loads it from there.
 from .pipeline_kvcap import KVCapVideoCaptioningPipeline  # noqa: F401
 from .projectors import KVCapCAbstractor, KVCapPerceiverResampler, build_projector
+from .temporal import KVCapFrameEmbedding, KVCapMotionConv, KVCapSpatioTemporalConv
 
 logger = logging.get_logger(__name__)
 
@@ -118,6 +119,16 @@ class KVCapPreTrainedModel(PreTrainedModel):
         elif isinstance(module, KVCapCAbstractor):
             init.normal_(module.position_embeddings, mean=0.0, std=std)
             init.normal_(module.frame_embeddings, mean=0.0, std=std)
+        elif isinstance(module, KVCapFrameEmbedding):
+            init.normal_(module.frame_embeddings, mean=0.0, std=std)
+        elif isinstance(module, KVCapSpatioTemporalConv):
+            # A new layer starts as the identity, so the patch features the projector reads are those of the
+            # encoder until training makes motion worth adding.
+            init.zeros_(module.output_proj.weight)
+        elif isinstance(module, KVCapMotionConv):
+            init.copy_(module.conv.weight, module.motion_filters().to(module.conv.weight))
+            init.zeros_(module.conv.bias)
+            init.zeros_(module.output_proj.weight)
 
 
 class KVCapModel(KVCapPreTrainedModel):

@@ -1,7 +1,9 @@
 """The four projectors that map frozen CLIP patch features of a clip to language-model embeddings.
 
 Every projector takes ``video_features`` of shape ``(batch, num_frames, num_patches, vision_hidden)`` (the chosen
-vision layer, CLS dropped) and returns ``(batch, config.num_video_tokens, text_hidden)``.
+vision layer, CLS dropped) and returns ``(batch, config.num_video_tokens, text_hidden)``. Each first applies the
+temporal encoding ``config.temporal_encoding`` names (``temporal.py``; none by default), which adds its own
+parameters to the counts below.
 
 Parameter counts at real size (CLIP-ViT-L/14-336, 1024 → Qwen3-8B, 4096; 8 frames; 64 query tokens), measured by
 ``tests/test_projectors.py::test_real_size_parameter_counts``:
@@ -24,31 +26,44 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .configuration_kvcap import KVCapConfig
+from .temporal import build_temporal_encoding
 
 
-class KVCapLinearProjector(nn.Module):
+class KVCapProjector(nn.Module):
+    """What every projector shares: the temporal encoding its features pass through first."""
+
+    def __init__(self, config: KVCapConfig):
+        super().__init__()
+        self.temporal_encoding = build_temporal_encoding(config)
+
+    def encode_time(self, video_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, D_vision) → (B, T, P, D_vision), marked with time when the config asks for it."""
+        return video_features if self.temporal_encoding is None else self.temporal_encoding(video_features)
+
+
+class KVCapLinearProjector(KVCapProjector):
     """LLaVA-1 projector: a single linear map applied to every patch of every frame.
 
     4,198,400 parameters at real size; ``num_frames × num_patches`` (4,608) video tokens.
     """
 
     def __init__(self, config: KVCapConfig):
-        super().__init__()
+        super().__init__(config)
         self.linear = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
 
     def forward(self, video_features: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D_vision) → (B, T·P, D_text)."""
-        return self.linear(video_features).flatten(1, 2)
+        return self.linear(self.encode_time(video_features)).flatten(1, 2)
 
 
-class KVCapMLPProjector(nn.Module):
+class KVCapMLPProjector(KVCapProjector):
     """LLaVA-1.5 ``mlp2x_gelu`` projector: Linear → GELU → Linear on every patch of every frame.
 
     20,979,712 parameters at real size; ``num_frames × num_patches`` (4,608) video tokens.
     """
 
     def __init__(self, config: KVCapConfig):
-        super().__init__()
+        super().__init__(config)
         text_hidden = config.text_config.hidden_size
         self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_hidden)
         self.act = ACT2FN[config.projector_hidden_act]
@@ -56,7 +71,7 @@ class KVCapMLPProjector(nn.Module):
 
     def forward(self, video_features: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D_vision) → (B, T·P, D_text)."""
-        hidden_states = self.linear_2(self.act(self.linear_1(video_features)))
+        hidden_states = self.linear_2(self.act(self.linear_1(self.encode_time(video_features))))
         return hidden_states.flatten(1, 2)
 
 
@@ -97,7 +112,7 @@ class KVCapPerceiverLayer(nn.Module):
         return latents + self.ff_down(self.ff_act(self.ff_up(self.ff_norm(latents))))
 
 
-class KVCapPerceiverResampler(nn.Module):
+class KVCapPerceiverResampler(KVCapProjector):
     """Flamingo-style Perceiver resampler with learned latents, in the vision width, then a linear map to text.
 
     A learned per-frame embedding marks time before all ``T × P`` patch features are flattened into one media
@@ -106,7 +121,7 @@ class KVCapPerceiverResampler(nn.Module):
     """
 
     def __init__(self, config: KVCapConfig):
-        super().__init__()
+        super().__init__(config)
         vision_hidden = config.vision_config.hidden_size
         self.latents = nn.Parameter(torch.zeros(config.num_query_tokens, vision_hidden))
         self.frame_embeddings = nn.Parameter(torch.zeros(config.num_frames, vision_hidden))
@@ -118,7 +133,7 @@ class KVCapPerceiverResampler(nn.Module):
 
     def forward(self, video_features: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D_vision) → (B, num_query_tokens, D_text)."""
-        media = (video_features + self.frame_embeddings[None, :, None, :]).flatten(1, 2)
+        media = (self.encode_time(video_features) + self.frame_embeddings[None, :, None, :]).flatten(1, 2)
         latents = self.latents.unsqueeze(0).expand(media.shape[0], -1, -1)
         for layer in self.layers:
             latents = layer(media, latents)
@@ -169,7 +184,7 @@ class KVCapResBlock(nn.Module):
         return self.act(hidden_states + residual)
 
 
-class KVCapCAbstractor(nn.Module):
+class KVCapCAbstractor(KVCapProjector):
     """Honeybee's C-Abstractor over the frames' patch grids: locality-preserving compression by convolution.
 
     Learned patch-position and frame embeddings are added; ``abstractor_depth`` ResNet blocks run on each frame's
@@ -180,7 +195,7 @@ class KVCapCAbstractor(nn.Module):
     """
 
     def __init__(self, config: KVCapConfig):
-        super().__init__()
+        super().__init__(config)
         vision_hidden = config.vision_config.hidden_size
         text_hidden = config.text_config.hidden_size
         self.grid = config.patch_grid
@@ -196,7 +211,9 @@ class KVCapCAbstractor(nn.Module):
     def forward(self, video_features: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D_vision) → (B, t·s·s = num_query_tokens, D_text)."""
         batch, frames, _, channels = video_features.shape
-        hidden_states = video_features + self.position_embeddings + self.frame_embeddings[None, :, None, :]
+        hidden_states = (
+            self.encode_time(video_features) + self.position_embeddings + self.frame_embeddings[None, :, None, :]
+        )
         # (B, T, P, C) → (B·T, C, grid, grid): each frame is a 2-D map for the convolutions.
         hidden_states = hidden_states.transpose(2, 3).reshape(batch * frames, channels, self.grid, self.grid)
         hidden_states = self.pre_pool_blocks(hidden_states)
@@ -235,5 +252,6 @@ __all__ = [
     "KVCapLinearProjector",
     "KVCapMLPProjector",
     "KVCapPerceiverResampler",
+    "KVCapProjector",
     "build_projector",
 ]

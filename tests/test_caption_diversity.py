@@ -1,4 +1,5 @@
-"""caption_diversity: ordering on constructed sets, hand-checked values, nltk's BLEU as the oracle, offline load."""
+"""caption_diversity: ordering on constructed sets, hand-checked values, nltk's BLEU as the oracle, offline load,
+and repeated 4-grams within a caption."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import random
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-from kvcap.metrics.caption_diversity.caption_diversity import CaptionDiversity, self_bleu, tokenize
+from kvcap.metrics.caption_diversity.caption_diversity import (
+    CaptionDiversity,
+    diversity,
+    repeated_ngrams,
+    self_bleu,
+    tokenize,
+)
 
 from .conftest import run_offline_at_repo_root
 
@@ -33,6 +40,12 @@ VARIED = [
     "공원의 산책로 양옆으로 나무가 늘어서 있으며, 사람들이 여유롭게 걷고 있다.",
     "눈 덮인 들판 위로 흐린 회색 하늘이 낮게 깔려 있다.",
 ]
+
+PHRASE = "빨간색 원이 왼쪽으로 천천히 움직입니다."
+# A captioner looping until max_new_tokens: the same five-word sentence three times, cut mid-sentence.
+RUN_ON = f"화면 가운데에 {PHRASE} {PHRASE} {PHRASE} 빨간색"
+# Fluent, but one five-word sentence said twice: two 4-grams, each twice.
+ONE_REPEAT = "파란색 사각형이 오른쪽으로 움직이고 있다. 잠시 뒤 파란색 사각형이 오른쪽으로 움직이고 있다."
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +163,53 @@ def test_evaluate_load_offline(tmp_path, metric):
     loaded = run_offline_at_repo_root(script, hf_home=tmp_path / "hf")
     assert loaded["out"] == metric.compute(predictions=NEAR_DUPLICATES)
     assert "Texygen" in loaded["citation"]
+
+
+def test_repeated_ngrams_counts_a_phrase_repeated_three_times():
+    # Words 2-6, 7-11 and 12-16 are the sentence and word 17 starts it again: a 4-gram starting at one of a copy's
+    # first three words occurs three times (the last copy's third one ends on word 17), the two after it twice.
+    assert repeated_ngrams(RUN_ON) == {
+        "빨간색 원이 왼쪽으로 천천히": 3,
+        "원이 왼쪽으로 천천히 움직입니다.": 3,
+        "왼쪽으로 천천히 움직입니다. 빨간색": 3,
+        "천천히 움직입니다. 빨간색 원이": 2,
+        "움직입니다. 빨간색 원이 왼쪽으로": 2,
+    }
+    assert list(repeated_ngrams(RUN_ON).values()) == [3, 3, 3, 2, 2]  # most frequent first
+    assert repeated_ngrams(RUN_ON, n=5)["빨간색 원이 왼쪽으로 천천히 움직입니다."] == 3
+
+
+def test_repeated_ngrams_of_fluent_and_short_captions():
+    assert all(repeated_ngrams(caption) == {} for caption in VARIED)
+    assert repeated_ngrams(ONE_REPEAT) == {
+        "파란색 사각형이 오른쪽으로 움직이고": 2,
+        "사각형이 오른쪽으로 움직이고 있다.": 2,
+    }
+    # Fewer than four words repeats nothing, however often a word comes back; overlaps count from four on.
+    assert repeated_ngrams("네 네 네") == {} and repeated_ngrams("") == {}
+    assert repeated_ngrams("네 네 네 네") == {}
+    assert repeated_ngrams("네 네 네 네 네") == {"네 네 네 네": 2}
+    assert repeated_ngrams("네 네 네", n=2) == {"네 네": 2}
+    with pytest.raises(ValueError, match="n must be"):
+        repeated_ngrams("네 네", n=0)
+
+
+def test_repeated_ngrams_normalises_whitespace_and_case():
+    spaced = "  하늘이   맑고\t바람이 분다.\n하늘이 맑고  바람이\u3000분다. "
+    assert repeated_ngrams(spaced) == {"하늘이 맑고 바람이 분다.": 2}
+    assert repeated_ngrams("Red circle moves left. red Circle moves LEFT.") == {"red circle moves left.": 2}
+    # Words are whitespace tokens: punctuation stays on its word, so 분다 and 분다. differ.
+    assert repeated_ngrams("하늘이 맑고 바람이 분다 하늘이 맑고 바람이 분다.") == {}
+    assert repeated_ngrams("하늘이 맑고 바람이 분다 하늘이 맑고 바람이 분다.", n=3) == {"하늘이 맑고 바람이": 2}
+
+
+@pytest.mark.parametrize("tokenizer", ["whitespace", "morpheme"])
+def test_diversity_reports_captions_repeating_a_4gram(metric, tokenizer):
+    captions = [RUN_ON, ONE_REPEAT, *VARIED[:2], "하늘 하늘 하늘"]
+    out = metric.compute(predictions=captions, tokenizer=tokenizer)
+    assert out["num_repeating_4gram"] == 2
+    assert out["repeating_4gram_ratio"] == pytest.approx(2 / 5)
+    assert out["max_4gram_repeats"] == 3
+    fluent = diversity(VARIED, tokenizer=tokenizer)
+    assert (fluent["num_repeating_4gram"], fluent["repeating_4gram_ratio"], fluent["max_4gram_repeats"]) == (0, 0.0, 0)
+    assert diversity([ONE_REPEAT], tokenizer=tokenizer)["max_4gram_repeats"] == 2

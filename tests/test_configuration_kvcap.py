@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoConfig, CLIPVisionConfig, Qwen3Config
 
 from modeling_kvcap import PROJECTOR_TYPES, KVCapConfig
-from modeling_kvcap.configuration_kvcap import QWEN3_VIDEO_PAD_TOKEN_ID
+from modeling_kvcap.configuration_kvcap import QWEN3_VIDEO_PAD_TOKEN_ID, TEMPORAL_ENCODINGS
 
 from .conftest import tiny_kvcap_config
 
@@ -56,6 +56,32 @@ def test_round_trip_through_dict_and_auto_config(tmp_path, tiny_tokenizer, proje
     saved.pop("_name_or_path"), original.pop("_name_or_path")
     assert saved == original
     assert loaded.num_video_tokens == config.num_video_tokens
+
+
+def test_temporal_encoding_defaults_to_none():
+    assert TEMPORAL_ENCODINGS == ("none", "frame_embedding", "spatiotemporal_conv")
+    assert KVCapConfig().temporal_encoding == "none"
+    assert KVCapConfig().settings()["temporal_encoding"] == "none"
+
+
+@pytest.mark.parametrize("temporal_encoding", TEMPORAL_ENCODINGS)
+def test_temporal_encoding_round_trips_through_dict_and_settings(tmp_path, tiny_tokenizer, temporal_encoding):
+    config = tiny_kvcap_config(tiny_tokenizer, "perceiver", temporal_encoding=temporal_encoding)
+    assert config.to_dict()["temporal_encoding"] == temporal_encoding
+    assert KVCapConfig.from_dict(config.to_dict()).temporal_encoding == temporal_encoding
+    assert config.settings()["temporal_encoding"] == temporal_encoding
+    # Rebuilding from the same backbones and the settings (as export does) keeps it.
+    rebuilt = KVCapConfig(vision_config=config.vision_config, text_config=config.text_config, **config.settings())
+    assert rebuilt.settings() == config.settings()
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).temporal_encoding == temporal_encoding
+
+
+def test_unknown_temporal_encoding_is_rejected():
+    with pytest.raises(
+        ValueError, match=r"Unknown temporal_encoding 'optical_flow'.*none, frame_embedding, spatiotemporal_conv"
+    ):
+        KVCapConfig(temporal_encoding="optical_flow")
 
 
 def test_unknown_projector_type_is_rejected():

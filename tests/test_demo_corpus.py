@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_layout_and_schema(corpora: tuple[Path, Path, dict]) -> None:
     assert summary["splits"]["train"]["num_clips"] == NUM_TRAIN
     saved = json.loads((root / "demo_corpus.json").read_text(encoding="utf-8"))
     assert saved["held_out_pairs"] == [list(p) for p in demo.HELD_OUT_PAIRS]
-    assert saved["version"] == demo.CORPUS_VERSION == 2
+    assert saved["version"] == demo.CORPUS_VERSION == 3
     assert "보라색 사각형" in (root / "README.md").read_text(encoding="utf-8")
 
 
@@ -105,19 +106,65 @@ def _objects(label: dict) -> list[dict]:
 
 def test_captions_state_the_attributes(corpora: tuple[Path, Path, dict]) -> None:
     root, _, _ = corpora
-    templates = set()
     for split in ("train", "val"):
         for label in _labels(root, split).values():
             text = label["annotation"]["description_kr"]
             attrs = label["metadata"]["attributes"]
-            templates.add(attrs["template"])
             # The caption names the time of day with a word its label lists (full recall: test_caption_attributes).
             assert any(word in text for word in attrs["time_of_day_words"]), text
             # No colour is named that is not on screen (sky and ground words are not object colours).
             named = {c for c in demo.COLORS if c in text}
             assert named == {o["color"] for o in attrs["objects"]}, text
-            assert text.count(".") >= 3  # a paragraph, not a phrase
-    assert templates == set(range(demo.NUM_TEMPLATES))
+            for obj in attrs["objects"]:
+                # The object's motion is stated in the sentence that names it, as the attribute metric reads it.
+                sentences = [s for s in text.split(".") if f"{obj['color']} {obj['shape']}" in s]
+                assert sentences and all(obj["motion"] in s for s in sentences), text
+            _assert_unsupported_facts_match(text, attrs)
+
+
+def _assert_unsupported_facts_match(text: str, attrs: dict) -> None:
+    """A sentence the frames cannot support is in the caption exactly when the label records it."""
+    assert (attrs["filming_time"] is not None) == ("촬영된" in text), text
+    if attrs["filming_time"] is not None:
+        assert f"{attrs['filming_time']}에 촬영된" in text, text
+    assert (attrs["sign"] is not None) == ("'" in text), text
+    if attrs["sign"] is not None:
+        assert f"'{attrs['sign']}'" in text, text
+    assert (attrs["season"] is not None) == ("계절은" in text), text
+
+
+def test_captions_are_ai_hub_like_paragraphs() -> None:
+    """Several sentences and a few hundred characters each, in varied wording, with the unsupportable sentences
+    in the shares the corpus states."""
+    pairs = demo.sample_captions(2000, seed=1)
+    texts = [text for text, _ in pairs]
+    sentence_counts = [text.count(". ") + 1 for text in texts]
+    lengths = [len(text) for text in texts]
+    assert min(sentence_counts) >= 6 and max(sentence_counts) <= 12
+    assert 250 <= np.mean(lengths) <= 350 and min(lengths) >= 150 and max(lengths) <= 500
+    assert len(set(texts)) == len(texts)
+    # Varied wording: no sentence is shared by more than a quarter of the captions, and openings vary.
+    sentence_share = Counter(s for text in texts for s in set(text.split(". ")))
+    assert max(sentence_share.values()) < 0.25 * len(texts), sentence_share.most_common(1)
+    assert len({text.split(" ")[0] for text in texts}) >= 6
+    for kind, share in (
+        ("filming_time", demo.FILMING_TIME_SHARE),
+        ("sign", demo.SIGNAGE_SHARE),
+        ("season", demo.SEASON_SHARE),
+    ):
+        stated = np.mean([attrs[kind] is not None for _, attrs in pairs])
+        assert abs(stated - share) < 0.04, (kind, stated)
+    for text, attrs in pairs[:300]:
+        _assert_unsupported_facts_match(text, attrs)
+
+
+def test_summary_counts_the_unsupported_sentences(corpora: tuple[Path, Path, dict]) -> None:
+    root, _, summary = corpora
+    for split in ("train", "val"):
+        labels = _labels(root, split).values()
+        for kind in demo.UNSUPPORTED_FACTS:
+            expected = sum(label["metadata"]["attributes"][kind] is not None for label in labels)
+            assert summary["splits"][split]["captions_stating"][kind] == expected
 
 
 def test_sample_caption_texts_cover_vocabulary() -> None:

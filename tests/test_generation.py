@@ -10,6 +10,7 @@ import torch
 
 from kvcap.demo.corpus import generate_corpus
 from kvcap.generation import GenerationArguments, generate_captions, load_model_and_processor, resolve_dtype
+from modeling_kvcap import PROJECTOR_TYPES
 
 from .conftest import tiny_processor
 
@@ -23,11 +24,24 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("projector_type", ["mlp_2l", "perceiver"])
+# Every projector with each temporal encoding: the encodings mix patches across frames, never across clips.
+BATCHING_CASES = [("mlp_2l", "none"), ("perceiver", "none")] + [
+    (projector_type, encoding)
+    for encoding in ("frame_embedding", "spatiotemporal_conv")
+    for projector_type in PROJECTOR_TYPES
+]
+
+
+@pytest.mark.parametrize(("projector_type", "temporal_encoding"), BATCHING_CASES)
 def test_generate_captions_batched_equals_one_at_a_time(
-    make_tiny_model, tiny_tokenizer, corpus: Path, projector_type: str
+    make_tiny_model, tiny_tokenizer, corpus: Path, projector_type: str, temporal_encoding: str
 ) -> None:
-    model = make_tiny_model(projector_type).eval()
+    model = make_tiny_model(projector_type, temporal_encoding=temporal_encoding).eval()
+    if model.multi_modal_projector.temporal_encoding is not None:
+        # Values well away from initialisation, so the encoding shapes the captions.
+        torch.manual_seed(0)
+        for param in model.multi_modal_projector.temporal_encoding.parameters():
+            torch.nn.init.normal_(param, std=0.2)
     processor = tiny_processor(tiny_tokenizer, model.config)
     clips = [processor.load_frames(corpus / "val" / "videos" / f"kvcap_demo_val_0000{i}.mp4") for i in range(4)]
     # Prompts of different lengths, so the batch is left padded.

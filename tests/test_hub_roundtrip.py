@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from modeling_kvcap import PROJECTOR_TYPES
@@ -37,18 +38,28 @@ with open(output_path, "w") as handle:
 """
 
 
-def test_save_pretrained_folder_loads_in_a_clean_interpreter(make_tiny_model, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("temporal_encoding", ["none", "spatiotemporal_conv"])
+def test_save_pretrained_folder_loads_in_a_clean_interpreter(
+    make_tiny_model, tiny_tokenizer, tmp_path, temporal_encoding
+):
     expected, folders = {}, []
     inputs_dir = tmp_path / "inputs"
     inputs_dir.mkdir()
     for projector_type in PROJECTOR_TYPES:
-        model = make_tiny_model(projector_type).eval()
+        model = make_tiny_model(projector_type, temporal_encoding=temporal_encoding).eval()
+        if model.multi_modal_projector.temporal_encoding is not None:
+            # Values well away from initialisation, so the logits show whether the folder's code applies them.
+            torch.manual_seed(0)
+            for param in model.multi_modal_projector.temporal_encoding.parameters():
+                torch.nn.init.normal_(param, std=0.2)
         folder = tmp_path / f"kvcap-{projector_type}"
         model.save_pretrained(folder)
         files = {path.name for path in folder.iterdir()}
         assert {"config.json", "model.safetensors", "generation_config.json"} <= files
-        assert {"configuration_kvcap.py", "modeling_kvcap.py", "projectors.py"} <= files
-        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert {"configuration_kvcap.py", "modeling_kvcap.py", "projectors.py", "temporal.py"} <= files
+        saved_config = json.loads((folder / "config.json").read_text())
+        assert saved_config["temporal_encoding"] == temporal_encoding
+        auto_map = saved_config["auto_map"]
         assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
 
         inputs = video_prompt_batch(tiny_tokenizer, model.config, ["설명해주세요.", "자세히 설명해주세요."])
@@ -73,6 +84,7 @@ def test_save_pretrained_folder_loads_in_a_clean_interpreter(make_tiny_model, ti
         for key in ("_name_or_path", "auto_map"):
             config.pop(key, None), original.pop(key, None)
         assert config == original
+        assert config["temporal_encoding"] == temporal_encoding
         assert loaded["config_class"] == "KVCapConfig"
         for auto_class in ("AutoModel", "AutoModelForImageTextToText"):
             entry = loaded[auto_class]

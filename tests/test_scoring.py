@@ -1,12 +1,19 @@
 """kvcap.evaluation.scoring: a seed target passes only when its score is above the target and clearly above its
-shuffled floor."""
+shuffled floor; how captions ended and which repeat a 4-gram, in metrics.json, the printed headline and the report."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kvcap.evaluation.records import ClipRecord
-from kvcap.evaluation.scoring import above_floor, seed_targets
+from kvcap.evaluation.report import render_report
+from kvcap.evaluation.run import headline
+from kvcap.evaluation.scoring import above_floor, compute_metrics, seed_targets, summarize
+
+LOOP = "빨간색 원이 왼쪽으로 움직입니다. " * 3 + "빨간색 원이"  # cut at the token limit mid-loop
+ONE_REPEAT = "파란색 사각형이 오른쪽으로 움직입니다. 잠시 뒤 파란색 사각형이 오른쪽으로 움직입니다."
+FLUENT = ["초록색 삼각형이 위로 올라갑니다.", "노란색 원이 화면 가운데에 멈춰 있습니다."]
 
 
 def _records(scores: np.ndarray, floors: np.ndarray, key: str, floor_key: str) -> list[ClipRecord]:
@@ -68,3 +75,99 @@ def test_without_a_floor_a_score_over_its_target_is_not_judged():
     assert "no shuffled floor" in targets["meteor"]["note"]
     assert seed_targets(_overall(0.3, None), None, [])["meteor"]["passed"] is False  # below the target: failed
     assert targets["diversity"]["passed"] is True and "floor" not in targets["diversity"]  # it has no floor
+
+
+def _captioned(finished: list[bool | None], predictions: list[str] | None = None) -> list[ClipRecord]:
+    """Clips captioned with a loop, a caption repeating one sentence and two fluent ones, plus an unreadable clip."""
+    predictions = predictions or [LOOP, ONE_REPEAT, *FLUENT]
+    records = [
+        ClipRecord(f"c{i}", None, "도시" if i % 2 else "자연", "빨간색 원이 보입니다.", prediction=text, finished=done)
+        for i, (text, done) in enumerate(zip(predictions, finished, strict=True))
+    ]
+    return [*records, ClipRecord("broken", None, "자연", "참조", error="unreadable")]
+
+
+def test_summarize_shares_of_captions_ended_and_cut_among_the_known():
+    mixed = summarize(_captioned([False, True, True, None]))
+    assert mixed["num_clips"] == 4  # the unreadable clip has no caption
+    assert mixed["ended_at_end_of_turn"] == pytest.approx(2 / 3)
+    assert mixed["cut_at_max_new_tokens"] == pytest.approx(1 / 3)
+    assert (mixed["num_ended_at_end_of_turn"], mixed["num_cut_at_max_new_tokens"]) == (2, 1)
+    unknown = summarize(_captioned([None] * 4))
+    assert unknown["ended_at_end_of_turn"] is None and unknown["cut_at_max_new_tokens"] is None
+    assert (unknown["num_ended_at_end_of_turn"], unknown["num_cut_at_max_new_tokens"]) == (0, 0)
+    assert summarize(_captioned([True] * 4))["ended_at_end_of_turn"] == 1.0
+
+
+def test_each_clip_scores_its_repeated_4grams_and_the_summary_counts_the_captions():
+    records = _captioned([False, True, True, True])
+    metrics = compute_metrics(records)
+    # The loop repeats its sentence and the three 4-grams across copies; the other caption its one sentence.
+    assert [r.scores.get("repeated_4grams") for r in records] == [4, 1, 0, 0, None]
+    diversity = metrics["overall"]["diversity"]
+    assert (diversity["num_repeating_4gram"], diversity["repeating_4gram_ratio"]) == (2, 0.5)
+    assert diversity["max_4gram_repeats"] == 3
+    assert metrics["overall"]["ended_at_end_of_turn"] == 0.75
+    assert metrics["per_category"]["자연"]["ended_at_end_of_turn"] == 0.5  # c0 (cut) and c2
+    assert metrics["per_category"]["도시"]["diversity"]["num_repeating_4gram"] == 1  # c1
+
+
+@pytest.mark.parametrize(
+    ("finished", "expected"),
+    [
+        (
+            [False, True, True, True],
+            "caption endings: 3/4 at <|im_end|> (75%), 1 cut at the token limit | captions repeating a 4-gram: 2/4 "
+            "(most repeats of one 4-gram: 3)",
+        ),
+        (
+            [False, True, None, True],
+            "caption endings: 2/3 at <|im_end|> (66.7%), 1 cut at the token limit, 1 unknown | captions repeating a "
+            "4-gram: 2/4 (most repeats of one 4-gram: 3)",
+        ),
+        (
+            [None] * 4,
+            "caption endings unknown (predictions without finished) | captions repeating a 4-gram: 2/4 "
+            "(most repeats of one 4-gram: 3)",
+        ),
+    ],
+    ids=["mixed", "some_unknown", "all_unknown"],
+)
+def test_headline_says_how_captions_ended_and_how_many_repeat_a_4gram(finished, expected):
+    lines = headline(compute_metrics(_captioned(finished)))
+    assert lines[0].startswith("clips 4 | METEOR ") and "| unique captions 4/4 (ratio 1.00) | distinct-2 " in lines[0]
+    assert lines[1:] == [expected]
+
+
+def test_headline_without_repeats_or_finished_counts():
+    metrics = compute_metrics(_captioned([True, True], FLUENT))
+    assert headline(metrics)[1] == (
+        "caption endings: 2/2 at <|im_end|> (100%), 0 cut at the token limit | captions repeating a 4-gram: 0/2"
+    )
+    # metrics.json written before these counts existed: the endings are unknown, the repeat count left out.
+    for key in ("num_ended_at_end_of_turn", "num_cut_at_max_new_tokens"):
+        del metrics["overall"][key]
+    del metrics["overall"]["diversity"]["num_repeating_4gram"]
+    assert headline(metrics)[1] == "caption endings unknown (predictions without finished)"
+
+
+def test_the_report_notes_captions_repeating_a_4gram():
+    records = _captioned([False, True, True, True])
+    metrics = compute_metrics(records)
+    clips = [
+        {
+            "video_id": r.video_id,
+            "prediction": r.prediction,
+            "reference": r.reference,
+            "scores": r.scores,
+            "finished": r.finished,
+            "frames": [],
+        }
+        for r in records
+        if r.prediction is not None
+    ]
+    html = render_report(metrics, clips)
+    assert "2 of 4 captions repeat a word 4-gram (looping); the most repeated one occurs 3 times" in html
+    assert html.count("'>4 repeated 4-grams</span>") == 1 and html.count("'>1 repeated 4-gram</span>") == 1
+    fluent = compute_metrics(_captioned([True, True], FLUENT))
+    assert "repeat a word 4-gram" not in render_report(fluent, clips[2:])

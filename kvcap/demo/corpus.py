@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,6 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
 )
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELD_OUT_PAIRS)
-NUM_TEMPLATES = 4
 _SPLIT_IDS = {"train": 0, "val": 1, "grammar": 2, "pretrain": 3}
 
 
@@ -153,74 +153,198 @@ def _sample_scene(
         "ground": GROUNDS[category],
         "num_objects": len(objects),
         "objects": objects,
-        "template": int(rng.integers(NUM_TEMPLATES)),
         "has_held_out": any(o["held_out"] for o in objects),
+        # What the caption states that no frame shows (None: not stated).
+        "filming_time": _pick(rng, FILMING_TIMES) if rng.random() < FILMING_TIME_SHARE else None,
+        "sign": _pick(rng, SIGNS) if rng.random() < SIGNAGE_SHARE else None,
+        "season": _pick(rng, SEASONS) if rng.random() < SEASON_SHARE else None,
     }
 
 
-def _object_sentence(obj: dict[str, Any], rng: np.random.Generator) -> str:
+# ---------------------------------------------------------------------------------------------------------
+# Captions: AI-Hub-like paragraphs. Each slot has several wordings, so no two captions need share a sentence; the
+# visual facts (colour + shape as one phrase, its motion phrase in the same sentence, a time-of-day word, the
+# category word) appear verbatim, and some sentences state what no frame can show, as AI-Hub's labels do.
+# ---------------------------------------------------------------------------------------------------------
+# Shares of captions with a sentence the frames cannot support. No AI-Hub label is at hand here to count; the seed's
+# collapsed runs all opened with the filming-time sentence ("이 영상은 2017년 이후에 촬영된 것으로…"), so it is
+# the common case, and quoted signage is rarer. Arguments of generate_corpus, to be set from counts of real labels.
+FILMING_TIME_SHARE = 0.6
+SIGNAGE_SHARE = 0.25
+SEASON_SHARE = 0.3
+# The scene keys of the facts captions state that no frame shows.
+UNSUPPORTED_FACTS = ("filming_time", "sign", "season")
+FILMING_TIMES = ("1990년대 후반", "2000년대 초반", "2000년대", "2010년대", "2010년대 중반", "2017년 이후", "2020년대")
+SIGNS = ("중앙 식당", "시장 입구", "약국", "관광 안내소", "버스 정류장", "행복 마트")
+SEASONS = ("늦은 봄으로", "초여름으로", "한여름으로", "가을로", "초겨울로")
+MOODS = ("차분한", "평화로운", "고요한", "단정한", "한적한")
+# Category -> sentences about the ground band that say more than its name (what the frames do show of it).
+GROUND_DETAILS: dict[str, tuple[str, ...]] = {
+    "시가지": (
+        "도로 가운데에는 흰 차선이 일정한 간격으로 끊어지며 그려져 있다.",
+        "아스팔트 표면은 짙은 회색이고, 차선 외에 다른 표시는 보이지 않는다.",
+    ),
+    "자연": (
+        "초원에는 짙은 풀이 군데군데 뭉쳐 자라 있어 표면이 고르지 않다.",
+        "풀밭은 화면 아래쪽 끝까지 이어지며 짙은 풀포기가 점점이 흩어져 있다.",
+    ),
+    "건축물": (
+        "벽돌은 밝은 줄눈을 사이에 두고 엇갈리게 쌓여 있다.",
+        "외벽의 벽돌은 크기가 고르고 줄눈이 가지런하게 이어져 있다.",
+    ),
+}
+LIGHT_SENTENCES: dict[str, tuple[str, ...]] = {
+    "낮": ("햇빛이 밝아 화면 전체가 선명하게 보인다.", "밝은 빛 아래에서 색이 또렷하게 드러난다."),
+    "밤": ("빛이 적어 배경은 어둡지만 도형은 분명하게 보인다.", "어두운 배경 덕분에 도형이 더 밝게 두드러진다."),
+    "노을": ("해가 지며 하늘이 붉게 물들어 따뜻한 느낌을 준다.", "저녁 햇빛이 비스듬히 비쳐 하늘빛이 따뜻하다."),
+    "흐린 날": ("구름에 가려 빛이 부드럽고 그림자가 거의 없다.", "흐린 하늘 아래에서 색이 다소 차분하게 보인다."),
+}
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _object_sentence(obj: dict[str, Any], rng: np.random.Generator, lead: str = "") -> str:
+    """One sentence naming the object's colour + shape and its motion phrase (what the attribute metric checks)."""
     noun = f"{obj['color']} {obj['shape']}"
     subject = _josa(noun, "이", "가")
     topic = _josa(noun, "은", "는")
     motion = obj["motion"]
     if obj["motion_id"] == "stationary":
         options = [
-            f"{topic} 움직이지 않고 제자리에 멈춰 있습니다.",
-            f"{subject} 화면 한 곳에서 제자리에 멈춰 있습니다.",
-            f"{topic} 영상이 끝날 때까지 제자리에 멈춰 서 있습니다.",
+            f"{topic} 움직이지 않고 제자리에 멈춰 있다.",
+            f"{subject} 화면 한 곳에서 제자리에 멈춰 있다.",
+            f"{topic} 영상이 끝날 때까지 제자리에 멈춰 서 있다.",
+            f"{subject} 처음부터 끝까지 제자리에 멈춰 있는 모습이다.",
         ]
     else:
-        verb = {"top_to_bottom": "내려옵니다", "bottom_to_top": "올라갑니다"}.get(obj["motion_id"], "이동합니다")
+        verbs = {
+            "top_to_bottom": ("내려온다", "떨어진다"),
+            "bottom_to_top": ("올라간다", "떠오른다"),
+        }.get(obj["motion_id"], ("이동한다", "지나간다", "움직인다"))
+        verb = _pick(rng, verbs)
         options = [
             f"{subject} {motion} {verb}.",
-            f"{motion} 움직이는 {subject} 보입니다.",
+            f"{motion} 움직이는 {subject} 눈에 띈다.",
             f"{topic} 일정한 속도로 {motion} {verb}.",
+            f"{subject} 화면 {motion} 천천히 {verb}.",
+            f"{topic} 영상 내내 {motion} 미끄러지듯 {verb}.",
         ]
-    return options[int(rng.integers(len(options)))]
+    return lead + _pick(rng, options)
+
+
+def _object_detail(obj: dict[str, Any], rng: np.random.Generator) -> str:
+    """A sentence about the object's look that names neither colour nor motion."""
+    shape = obj["shape"]
+    return _pick(
+        rng,
+        [
+            f"{_josa(shape, '은', '는')} 윤곽이 또렷하고 크기는 끝까지 변하지 않는다.",
+            f"{_josa(shape, '의', '의')} 가장자리는 매끄럽고 그림자는 보이지 않는다.",
+            "도형의 표면에는 무늬가 없고 색이 고르게 칠해져 있다.",
+        ],
+    )
 
 
 def _caption(scene: dict[str, Any], rng: np.random.Generator) -> str:
+    """A paragraph of six to twelve sentences (about 170-420 characters) describing the scene."""
     tod = TIMES_OF_DAY[scene["time_of_day"]]
-    cat = scene["category"]
-    ground = scene["ground"]
-    count = "화면에는 도형이 하나 있습니다." if scene["num_objects"] == 1 else "화면에는 도형이 두 개 있습니다."
-    objs = " ".join(_object_sentence(o, rng) for o in scene["objects"])
-    phrase, sky_desc = tod["phrase"], tod["sky_desc"]
-    template = scene["template"]
-    if template == 0:
-        text = (
-            f"{phrase}의 {cat} 장면입니다. 화면 위쪽에는 {sky_desc}이 펼쳐져 있고, "
-            f"아래쪽에는 {_josa(ground, '이', '가')} 보입니다. {count} {objs}"
-        )
-    elif template == 1:
-        text = (
-            f"{count} {objs} 배경에는 {_josa(sky_desc, '과', '와')} {_josa(ground, '이', '가')} 보입니다. "
-            f"{phrase}에 촬영된 {cat} 풍경입니다."
-        )
-    elif template == 2:
-        text = (
-            f"이 영상은 {phrase}의 {cat} 풍경을 보여줍니다. {ground} 위로 {sky_desc}이 펼쳐져 있습니다. "
-            f"{objs} 배경은 영상 내내 변하지 않습니다."
+    cat, ground = scene["category"], scene["ground"]
+    phrase, sky_desc, sky = tod["phrase"], tod["sky_desc"], tod["sky"]
+    filming_time, sign, season = scene["filming_time"], scene["sign"], scene["season"]
+    if filming_time is not None:
+        opening = _pick(
+            rng,
+            [
+                f"이 영상은 {filming_time}에 촬영된 것으로 보이며, {phrase}의 {cat} 풍경을 담고 있다.",
+                f"{filming_time}에 촬영된 것으로 추정되는 이 영상은 {cat} 배경의 {phrase} 장면을 보여준다.",
+                f"화질과 색감으로 보아 {filming_time}에 촬영된 영상으로 보이며, {phrase}의 {cat} 모습이 담겨 있다.",
+            ],
         )
     else:
-        text = (
-            f"{cat} 배경의 영상입니다. 시간대는 {phrase}이고 하늘은 {tod['sky']}입니다. "
-            f"아래쪽에는 {_josa(ground, '이', '가')} 있습니다. {count} {objs}"
+        opening = _pick(
+            rng,
+            [
+                f"{phrase}의 {cat} 풍경을 담은 영상이다.",
+                f"이 영상은 {cat} 배경에서 {phrase}에 촬영되었다.",
+                f"{cat}의 {phrase} 장면을 고정된 시점에서 보여주는 영상이다.",
+            ],
         )
-    return text
+    background = _pick(
+        rng,
+        [
+            f"화면 위쪽에는 {sky_desc}이 넓게 펼쳐져 있고, 아래쪽에는 {_josa(ground, '이', '가')} 길게 이어져 있다.",
+            f"배경의 하늘은 {sky}이고, 화면 아래쪽은 {_josa(ground, '이', '가')} 채우고 있다.",
+            f"{ground} 위로 {sky_desc}이 보이며, 배경은 영상이 끝날 때까지 변하지 않는다.",
+            f"하늘은 {sky}으로 물들어 있고, 그 아래로 {_josa(ground, '이', '가')} 자리 잡고 있다.",
+        ],
+    )
+    two = scene["num_objects"] == 2
+    count = _pick(
+        rng,
+        ["화면에는 도형이 두 개 등장한다.", "화면 안에는 모두 두 개의 도형이 있다.", "두 개의 도형이 화면에 나타난다."]
+        if two
+        else [
+            "화면에는 도형이 하나 등장한다.",
+            "화면 안에는 도형 하나만 보인다.",
+            "화면에 나타나는 도형은 하나뿐이다.",
+        ],
+    )
+    setting = [background, _pick(rng, GROUND_DETAILS[cat])]
+    if rng.random() < 0.5:
+        setting.append(_pick(rng, LIGHT_SENTENCES[scene["time_of_day"]]))
+    sentences = [opening, *setting, count] if rng.random() < 0.5 else [opening, count, *setting]
+    leads = ["", _pick(rng, ["한편 ", "그와 동시에 ", "다른 하나인 "])]
+    for k, obj in enumerate(scene["objects"]):
+        sentences.append(_object_sentence(obj, rng, leads[k]))
+        if rng.random() < 0.4:
+            sentences.append(_object_detail(obj, rng))
+    if sign is not None:
+        sentences.append(
+            _pick(
+                rng,
+                [
+                    f"멀리 보이는 건물에는 '{sign}'이라고 적힌 간판이 걸려 있는 것으로 보인다.",
+                    f"화면 밖 가까운 곳에 '{sign}' 안내판이 있는 것으로 보인다.",
+                ],
+            )
+        )
+    if season is not None:
+        sentences.append(f"계절은 {season} 보인다.")
+    sentences.append(
+        _pick(
+            rng,
+            [
+                f"전체적으로 {_pick(rng, MOODS)} 분위기의 영상이다.",
+                f"{_pick(rng, MOODS)} 분위기 속에서 도형의 움직임이 이어지는 장면이다.",
+                "카메라는 고정되어 있어 도형의 움직임이 뚜렷하게 드러난다.",
+                "카메라의 흔들림 없이 같은 구도가 끝까지 유지된다.",
+                "특별한 사건 없이 도형의 움직임만으로 이루어진 짧은 영상이다.",
+                "영상의 길이는 짧고, 장면의 전환 없이 한 화면으로 이어진다.",
+            ],
+        )
+    )
+    return " ".join(sentences)
 
 
-def sample_caption_texts(count: int, seed: int = 0) -> list[str]:
-    """Captions from the corpus grammar, without rendering video (e.g. to train a Korean BPE tokenizer).
+def sample_captions(count: int, seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """``(caption, scene attributes)`` pairs from the corpus grammar, without rendering video.
 
     Draws from every colour x shape pair, held-out ones included, so the vocabulary is complete.
     """
     rng = np.random.default_rng([seed, _SPLIT_IDS["grammar"]])
-    texts = []
+    pairs = []
     for _ in range(count):
         category = CATEGORIES[int(rng.choice(len(CATEGORIES), p=_category_probs()))]
-        texts.append(_caption(_sample_scene(rng, category, ALL_PAIRS), rng))
-    return texts
+        scene = _sample_scene(rng, category, ALL_PAIRS)
+        pairs.append((_caption(scene, rng), scene))
+    return pairs
+
+
+def sample_caption_texts(count: int, seed: int = 0) -> list[str]:
+    """Captions from the corpus grammar (e.g. to train a Korean BPE tokenizer or pretrain the language model)."""
+    return [caption for caption, _ in sample_captions(count, seed)]
 
 
 def sample_training_scenes(
@@ -433,8 +557,9 @@ def _clip_job(args: tuple[str, int, str, str, int, int, int, int, bool]) -> dict
 
 SUMMARY_FILE = "demo_corpus.json"
 # Format of the labels and summary; raised whenever labels change, so callers rebuild an older corpus. Version 2
-# added ``time_of_day_words`` to every label's attributes (version 1 wrote no ``version`` into the summary).
-CORPUS_VERSION = 2
+# added ``time_of_day_words`` to every label's attributes (version 1 wrote no ``version`` into the summary);
+# version 3 has paragraph captions with filming time, signage and season (``filming_time``, ``sign``, ``season``).
+CORPUS_VERSION = 3
 
 
 def _prepare_out_dir(out: Path) -> None:
@@ -477,11 +602,16 @@ def generate_corpus(
             jobs.append((str(out), i, split, cats[i], seed, size, num_frames, fps, split == "val" and i % 2 == 0))
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if len(jobs) >= 32 else 1
+    from tqdm.auto import tqdm
+
+    def progress(clips):
+        return tqdm(clips, total=len(jobs), desc="kvcap demo: writing the corpus", unit="clip", mininterval=2.0)
+
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_clip_job, jobs, chunksize=8))
+            results = list(progress(pool.map(_clip_job, jobs, chunksize=8)))
     else:
-        results = [_clip_job(j) for j in jobs]
+        results = [_clip_job(j) for j in progress(jobs)]
 
     summary: dict[str, Any] = {
         "name": "kvcap demo corpus",
@@ -515,6 +645,10 @@ def generate_corpus(
                 "mean": round(float(np.mean(lengths)), 1) if lengths else 0.0,
                 "min": min(lengths, default=0),
                 "max": max(lengths, default=0),
+            },
+            # Captions with a sentence no frame supports, by kind.
+            "captions_stating": {
+                kind: sum(r["attributes"][kind] is not None for r in rows) for kind in UNSUPPORTED_FACTS
             },
         }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

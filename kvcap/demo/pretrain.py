@@ -16,11 +16,15 @@ Korean, so the miniature gets the same head start, in about two minutes on 2 CPU
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, PreTrainedTokenizerBase, Qwen3ForCausalLM
 
 from processing.processing_kvcap import DEFAULT_PROMPT
+
+logger = logging.getLogger(__name__)
 
 CLIP_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -83,6 +87,7 @@ def pretrain_vision_tower(
     torch.manual_seed(seed)
     image_size = vision.config.image_size
     frames_per_scene = 8
+    logger.info(f"Rendering {num_scenes} scenes of {frames_per_scene} frames for the vision tower's pretraining")
     scenes = sample_training_scenes(num_scenes, seed=seed, size=image_size * 2, num_frames=frames_per_scene)
     frames = np.stack([clip for clip, _, _ in scenes])  # (N, T, S, S, 3)
     captions = [visible_facts(scene) + tokenizer.eos_token for _, _, scene in scenes]

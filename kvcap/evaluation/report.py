@@ -1,7 +1,8 @@
 """The kvcap evaluation report: one self-contained HTML file a person opens to judge a model.
 
 The header holds the overall metrics, the seed's targets with pass/fail, per-category results and warnings
-(mode collapse when the unique-caption ratio is below 0.5, captions cut at ``max_new_tokens``, unreadable videos).
+(mode collapse when the unique-caption ratio is below 0.5, captions cut at ``max_new_tokens``, captions that repeat
+a word 4-gram, unreadable videos).
 Below, one table row per clip: its frames as a strip of small JPEG data URIs, the generated caption, the reference
 and the scores. Clicking a column header sorts by it; a category filter and a text search narrow the rows.
 Nothing is loaded from elsewhere, and every piece of text is HTML-escaped.
@@ -210,6 +211,12 @@ def _warnings(metrics: dict[str, Any], clips: Sequence[dict[str, Any]]) -> str:
             f"<div class='note'>{100 * truncated:.1f}% of the captions stopped at {escape(where)} without an "
             "end-of-turn token (cut short, or looping).</div>"
         )
+    repeating = div.get("num_repeating_4gram")
+    if repeating:
+        parts.append(
+            f"<div class='note'>{repeating} of {div['num_captions']} captions repeat a word 4-gram (looping); the most "
+            f"repeated one occurs {div['max_4gram_repeats']} times in one caption.</div>"
+        )
     siglip = metrics.get("siglip") or {}
     if siglip.get("skipped"):
         parts.append(f"<div class='note'>{escape(siglip.get('note', 'SigLIP scoring skipped'))}</div>")
@@ -281,6 +288,9 @@ def _clip_row(index: int, clip: dict[str, Any], columns: Sequence[tuple[str, str
         badges += f"<span class='badge dup'>same caption ×{same}</span>"
     if clip.get("finished") is False:
         badges += "<span class='badge cut'>cut at max_new_tokens</span>"
+    repeated = scores.get("repeated_4grams")
+    if repeated:
+        badges += f"<span class='badge cut'>{repeated} repeated 4-gram{'s' if repeated > 1 else ''}</span>"
     cells = [
         f"<td class='num' data-value='{index}'>{index}</td>",
         f"<td data-value='{escape(clip['video_id'], quote=True)}'><span class='mono'>{escape(clip['video_id'])}</span>"

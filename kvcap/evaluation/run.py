@@ -337,7 +337,15 @@ def evaluate_model(
 
 
 def headline(metrics: dict[str, Any]) -> list[str]:
-    """The lines a run prints about its evaluation: attributes against chance (when labelled), then the scores."""
+    """The lines a run prints about its evaluation: attributes against chance (when labelled), the scores, then how
+    captions ended and how many repeat a word 4-gram, e.g.
+
+    ``caption endings: 57/60 at <|im_end|> (95%), 3 cut at the token limit | captions repeating a 4-gram: 2/60
+    (most repeats of one 4-gram: 3)``
+
+    (``, N unknown`` after the cut count when some clips' ``finished`` is unknown; ``caption endings unknown
+    (predictions without finished)`` when all are; no brackets when no caption repeats a 4-gram).
+    """
     overall = metrics["overall"]
     lines = []
     attributes = metrics.get("attributes")
@@ -369,6 +377,24 @@ def headline(metrics: dict[str, Any]) -> list[str]:
         f"(ratio {diversity['unique_ratio']:.2f}) | distinct-2 {diversity['distinct_2']:.3f}"
     )
     lines.append(" | ".join(parts))
+
+    def percent(count: int, total: int) -> str:  # whole when exact, else one decimal: 94.6 % is not shown as 95 %
+        share = 100 * count / total
+        return f"{share:.0f}%" if share == int(share) else f"{share:.1f}%"
+
+    at_end = overall.get("num_ended_at_end_of_turn", 0)
+    cut = overall.get("num_cut_at_max_new_tokens", 0)
+    known = at_end + cut
+    if known:
+        endings = f"caption endings: {at_end}/{known} at <|im_end|> ({percent(at_end, known)}), {cut} cut at the "
+        endings += "token limit" + (f", {overall['num_clips'] - known} unknown" if known < overall["num_clips"] else "")
+    else:
+        endings = "caption endings unknown (predictions without finished)"
+    repeating = diversity.get("num_repeating_4gram")
+    if repeating is not None:  # absent from metrics written before it existed
+        endings += f" | captions repeating a 4-gram: {repeating}/{diversity['num_captions']}"
+        endings += f" (most repeats of one 4-gram: {diversity['max_4gram_repeats']})" if repeating else ""
+    lines.append(endings)
     if diversity["collapsed"]:
         lines.append(
             f"WARNING: mode collapse: {diversity['num_unique']} unique captions for {diversity['num_captions']} clips"

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kvcap.metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD
+from kvcap.metrics.caption_diversity.caption_diversity import COLLAPSE_THRESHOLD, REPEAT_ORDER, repeated_ngrams
 from kvcap.metrics.siglip_score.siglip_score import DEFAULT_MODEL as DEFAULT_SIGLIP_MODEL
 
 from .records import ClipRecord
@@ -132,7 +132,8 @@ def score_records(
     meteor_tokenizer: str = "morpheme",
     siglip: dict[str, Any] | None = None,
 ) -> None:
-    """Fill ``record.scores`` for every clip with a prediction: METEOR, its floor pair, SigLIP, attribute recall."""
+    """Fill ``record.scores`` for every clip with a prediction: METEOR, its floor pair, SigLIP, attribute recall,
+    and ``repeated_4grams`` (distinct word 4-grams occurring more than once in the caption: a loop)."""
     from kvcap.metrics.caption_attributes.caption_attributes import (
         attribute_facts,
         attribute_vocabulary,
@@ -155,6 +156,7 @@ def score_records(
             "meteor_floor": floors[position],
             "same_caption_count": counts[" ".join(record.prediction.split())],
             "prediction_chars": len(record.prediction),
+            "repeated_4grams": len(repeated_ngrams(record.prediction, REPEAT_ORDER)),
         }
         if siglip is not None:
             values = siglip["per_clip"].get(index)
@@ -170,7 +172,13 @@ def score_records(
 
 
 def summarize(records: Sequence[ClipRecord]) -> dict[str, Any]:
-    """Means of the per-clip scores, diversity of the captions and caption lengths over ``records``."""
+    """Means of the per-clip scores, diversity of the captions, caption lengths and how captions ended.
+
+    Of the captions whose ``finished`` is known: ``ended_at_end_of_turn`` (share that stopped at ``<|im_end|>``) and
+    ``cut_at_max_new_tokens`` (share cut at the token limit), both ``None`` when no caption's is known (a
+    ``predictions.jsonl`` without it), and their counts ``num_ended_at_end_of_turn`` and
+    ``num_cut_at_max_new_tokens``.
+    """
     from kvcap.metrics.caption_diversity.caption_diversity import diversity
 
     scored = [r for r in records if r.prediction is not None]
@@ -193,6 +201,10 @@ def summarize(records: Sequence[ClipRecord]) -> dict[str, Any]:
     summary["reference_chars"] = _mean([len(r.reference) for r in scored])
     ended = [r.finished for r in scored if r.finished is not None]
     summary["cut_at_max_new_tokens"] = (sum(not f for f in ended) / len(ended)) if ended else None
+    at_end = sum(bool(f) for f in ended)
+    summary["ended_at_end_of_turn"] = at_end / len(ended) if ended else None
+    summary["num_ended_at_end_of_turn"] = at_end
+    summary["num_cut_at_max_new_tokens"] = len(ended) - at_end
     return summary
 
 

@@ -19,6 +19,7 @@ from modeling_kvcap.configuration_kvcap import (
     DEFAULT_VISION_MODEL,
     MODEL_SETTINGS,
     PROJECTOR_TYPES,
+    TEMPORAL_ENCODINGS,
     KVCapConfig,
 )
 from processing.aihub import DEFAULT_MAX_CAPTION_TOKENS
@@ -55,6 +56,12 @@ class ModelArguments:
     )
     abstractor_depth: int = field(
         default=KVCapConfig.abstractor_depth, metadata={"help": "C-Abstractor blocks before and after pooling."}
+    )
+    temporal_encoding: str = field(
+        default=KVCapConfig.temporal_encoding,
+        metadata={
+            "help": f"How the projector marks time: {' | '.join(TEMPORAL_ENCODINGS)} (see modeling_kvcap/temporal.py)."
+        },
     )
     load_in_4bit: bool = field(default=True, metadata={"help": "Quantize the language model to 4-bit NF4 (QLoRA)."})
     lora_r: int = 16

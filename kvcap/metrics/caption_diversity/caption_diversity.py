@@ -37,7 +37,8 @@ Diversity of a set of generated captions, to detect mode collapse (a captioner t
 whatever the video): the unique-caption ratio (unique captions / captions after whitespace normalisation, the
 Diversity that kvcap's seed reported), distinct-1 and distinct-2 over Korean morphemes (Li et al., 2016),
 Self-BLEU-4 (Zhu et al., 2018: each caption scored with BLEU-4 against all the others; lower is more diverse) and
-the vocabulary size. A unique ratio below 0.5 is flagged as collapsed.
+the vocabulary size. A unique ratio below 0.5 is flagged as collapsed. Within each caption, it also counts repeated
+word 4-grams: a captioner that loops ("... 움직입니다. 빨간색 원이 왼쪽으로 움직입니다. ...") repeats them.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -55,6 +56,11 @@ Returns:
         nltk's `sentence_bleu` with uniform weights and smoothing method1 (epsilon 0.1), as Texygen.
     vocab_size (`int`): distinct tokens (lower-cased) over all captions.
     collapsed (`bool`), collapse_threshold (`float`), tokenizer (`str`).
+    num_repeating_4gram (`int`): captions in which some word 4-gram occurs more than once (words: whitespace
+        tokens, lower-cased, whatever `tokenizer` is; a caption of fewer than 4 words repeats nothing).
+    repeating_4gram_ratio (`float`): num_repeating_4gram / captions (0.0 for no captions).
+    max_4gram_repeats (`int`): occurrences of the most repeated word 4-gram in any one caption; 0 when no caption
+        repeats one.
 Examples:
     >>> diversity = evaluate.load("kvcap/metrics/caption_diversity")
     >>> out = diversity.compute(predictions=["하늘이 맑다.", "하늘이 맑다.", "바다에 배가 떠 있다."])
@@ -69,6 +75,8 @@ BLEU_ORDER = 4
 # Below this unique-caption ratio the captions count as collapsed (the seed's runs: 6–11 distinct of 97).
 COLLAPSE_THRESHOLD = 0.5
 BLEU_EPSILON = 0.1  # nltk SmoothingFunction().method1
+# Word n-grams repeated within one caption: a caption that loops repeats its 4-grams; fluent Korean rarely does.
+REPEAT_ORDER = 4
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,6 +105,19 @@ def tokenize(captions: Sequence[str], tokenizer: str = "morpheme") -> list[list[
 
 def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def repeated_ngrams(caption: str, n: int = REPEAT_ORDER) -> dict[str, int]:
+    """The word n-grams occurring more than once in ``caption``, each with its count (overlaps counted).
+
+    Words are whitespace tokens, lower-cased (the ``"whitespace"`` tokenizer; runs of whitespace count as one, as
+    :func:`normalize_caption`); an n-gram is its words joined by one space. Most frequent first, then in order of
+    first occurrence; empty for a caption of fewer than ``n`` words.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    counts = Counter(" ".join(gram) for gram in _ngrams(caption.lower().split(), n))
+    return {gram: count for gram, count in counts.most_common() if count > 1}
 
 
 def distinct_n(token_lists: Sequence[Sequence[str]], n: int) -> float:
@@ -165,6 +186,8 @@ def diversity(
     token_lists = tokenize(list(predictions), tokenizer)
     unique_ratio = len(normalised) / total if total else 0.0
     bleus = self_bleu(token_lists) if total >= 2 else []
+    repeats = [repeated_ngrams(caption, REPEAT_ORDER) for caption in predictions]
+    num_repeating = sum(bool(grams) for grams in repeats)
     return {
         "unique_ratio": unique_ratio,
         "num_captions": total,
@@ -177,12 +200,15 @@ def diversity(
         "collapsed": unique_ratio < collapse_threshold,
         "collapse_threshold": collapse_threshold,
         "tokenizer": tokenizer,
+        "num_repeating_4gram": num_repeating,
+        "repeating_4gram_ratio": num_repeating / total if total else 0.0,
+        "max_4gram_repeats": max((count for grams in repeats for count in grams.values()), default=0),
     }
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class CaptionDiversity(evaluate.Metric):
-    """Unique ratio, distinct-1/2, Self-BLEU-4 and vocabulary of generated captions."""
+    """Unique ratio, distinct-1/2, Self-BLEU-4, vocabulary and repeated 4-grams of generated captions."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
