@@ -20,7 +20,7 @@ from .conftest import REPO_ROOT, random_clips, run_argv, tiny_kvcap_config, vide
 ENCODINGS = [encoding for encoding in TEMPORAL_ENCODINGS if encoding != "none"]
 
 # Measured at real size (CLIP-ViT-L/14-336, 8 frames of 24 × 24 patches) by the test below.
-REAL_SIZE_PARAMETERS = {"frame_embedding": 8_192, "spatiotemporal_conv": 1_080_320}
+REAL_SIZE_PARAMETERS = {"frame_embedding": 8_192, "spatiotemporal_conv": 1_080_320, "motion_conv": 4_312_064}
 
 
 def _randomise(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
