@@ -122,8 +122,8 @@ class KVCapConfig(PreTrainedConfig):
             What tells the projector where each frame sits in time, before it reads the patch features: `none`
             (token order only, the seed's configuration), `frame_embedding` (a learned embedding per frame added to
             every patch) or `spatiotemporal_conv` (a residual depthwise 3 × 3 × 3 convolution over frames and the
-            patch grid, so each patch token carries how its neighbourhood changes from frame to frame). Works with
-            every projector.
+            patch grid, so each patch token carries how its neighbourhood changes from frame to frame) or `motion_conv`
+            (the same with one filter per direction of motion for every channel). Works with every projector.
         vision_model_name_or_path (`str`, *optional*):
             Hub id or path the vision tower was built from.
         text_model_name_or_path (`str`, *optional*):

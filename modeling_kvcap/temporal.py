@@ -145,8 +145,8 @@ def build_temporal_encoding(config: KVCapConfig) -> nn.Module | None:
 
 
 __all__ = [
-    "TEMPORAL_ENCODING_CLASSES",
     "MOTION_DIRECTIONS",
+    "TEMPORAL_ENCODING_CLASSES",
     "KVCapFrameEmbedding",
     "KVCapMotionConv",
     "KVCapSpatioTemporalConv",
