@@ -122,12 +122,11 @@ class KVCapPreTrainedModel(PreTrainedModel):
         elif isinstance(module, KVCapFrameEmbedding):
             init.normal_(module.frame_embeddings, mean=0.0, std=std)
         elif isinstance(module, KVCapSpatioTemporalConv):
+            if isinstance(module, KVCapMotionConv):
+                init.copy_(module.conv.weight, module.motion_filters().to(module.conv.weight))
+                init.zeros_(module.conv.bias)
             # A new layer starts as the identity, so the patch features the projector reads are those of the
             # encoder until training makes motion worth adding.
-            init.zeros_(module.output_proj.weight)
-        elif isinstance(module, KVCapMotionConv):
-            init.copy_(module.conv.weight, module.motion_filters().to(module.conv.weight))
-            init.zeros_(module.conv.bias)
             init.zeros_(module.output_proj.weight)
 
 

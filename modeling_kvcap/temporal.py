@@ -53,22 +53,26 @@ class KVCapSpatioTemporalConv(nn.Module):
     1,080,320 parameters at real size.
     """
 
+    filters_per_channel: int = 1
+
     def __init__(self, config: KVCapConfig):
         super().__init__()
         hidden_size = config.vision_config.hidden_size
+        width = self.filters_per_channel * hidden_size
         self.grid = config.patch_grid
         self.norm = nn.LayerNorm(hidden_size)
-        self.conv = nn.Conv3d(hidden_size, hidden_size, kernel_size=3, padding=1, groups=hidden_size)
+        self.conv = nn.Conv3d(hidden_size, width, kernel_size=3, padding=1, groups=hidden_size)
         self.act = ACT2FN["gelu"]
-        self.output_proj = nn.Linear(hidden_size, hidden_size)
+        self.output_proj = nn.Linear(width, hidden_size)
 
     def forward(self, video_features: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D_vision) → (B, T, P, D_vision)."""
         batch, frames, patches, channels = video_features.shape
         # (B, T, P, C) → (B, C, T, grid, grid): channels first for the convolution.
         volume = self.norm(video_features).permute(0, 3, 1, 2).reshape(batch, channels, frames, self.grid, self.grid)
-        mixed = self.act(self.conv(volume)).reshape(batch, channels, frames, patches).permute(0, 2, 3, 1)
-        return video_features + self.output_proj(mixed)
+        responses = self.act(self.conv(volume))  # (B, filters_per_channel · C, T, grid, grid)
+        responses = responses.reshape(batch, -1, frames, patches).permute(0, 2, 3, 1)
+        return video_features + self.output_proj(responses)
 
 
 # (frame, row, column) offsets of the 3 × 3 × 3 kernel's taps, for a filter that answers "what was at p - step one
@@ -81,7 +85,7 @@ MOTION_DIRECTIONS: dict[str, tuple[int, int]] = {
 }
 
 
-class KVCapMotionConv(nn.Module):
+class KVCapMotionConv(KVCapSpatioTemporalConv):
     """Motion-energy filters: a residual 3 × 3 × 3 convolution with one filter per direction for every channel.
 
     Every channel is filtered four times, once per direction of motion across the patch grid; each filter starts as
@@ -92,22 +96,12 @@ class KVCapMotionConv(nn.Module):
     as it carries its colour and shape. 4,312,064 parameters at real size.
     """
 
-    def __init__(self, config: KVCapConfig):
-        super().__init__()
-        hidden_size = config.vision_config.hidden_size
-        self.grid = config.patch_grid
-        self.num_directions = len(MOTION_DIRECTIONS)
-        self.norm = nn.LayerNorm(hidden_size)
-        self.conv = nn.Conv3d(
-            hidden_size, self.num_directions * hidden_size, kernel_size=3, padding=1, groups=hidden_size
-        )
-        self.act = ACT2FN["gelu"]
-        self.output_proj = nn.Linear(self.num_directions * hidden_size, hidden_size)
+    filters_per_channel = len(MOTION_DIRECTIONS)
 
     def motion_filters(self) -> torch.Tensor:
         """(4·D, 1, 3, 3, 3): the oriented differences the filters start as (output channel c·4 + k filters input
         channel c in direction k, the grouped convolution's order)."""
-        kernel = torch.zeros(self.num_directions, 3, 3, 3)
+        kernel = torch.zeros(self.filters_per_channel, 3, 3, 3)
         for index, (row_step, column_step) in enumerate(MOTION_DIRECTIONS.values()):
             before, after = (1 - row_step, 1 - column_step), (1 + row_step, 1 + column_step)
             kernel[index, 0][before] += 0.5
@@ -115,14 +109,6 @@ class KVCapMotionConv(nn.Module):
             kernel[index, 0][after] -= 0.5
             kernel[index, 2][before] -= 0.5
         return kernel.repeat(self.conv.in_channels, 1, 1, 1).unsqueeze(1)
-
-    def forward(self, video_features: torch.Tensor) -> torch.Tensor:
-        """(B, T, P, D_vision) → (B, T, P, D_vision)."""
-        batch, frames, patches, channels = video_features.shape
-        volume = self.norm(video_features).permute(0, 3, 1, 2).reshape(batch, channels, frames, self.grid, self.grid)
-        responses = self.act(self.conv(volume))  # (B, 4·C, T, grid, grid)
-        responses = responses.reshape(batch, -1, frames, patches).permute(0, 2, 3, 1)
-        return video_features + self.output_proj(responses)
 
 
 TEMPORAL_ENCODING_CLASSES: dict[str, type[nn.Module]] = {

@@ -59,7 +59,7 @@ def test_round_trip_through_dict_and_auto_config(tmp_path, tiny_tokenizer, proje
 
 
 def test_temporal_encoding_defaults_to_none():
-    assert TEMPORAL_ENCODINGS == ("none", "frame_embedding", "spatiotemporal_conv")
+    assert TEMPORAL_ENCODINGS == ("none", "frame_embedding", "spatiotemporal_conv", "motion_conv")
     assert KVCapConfig().temporal_encoding == "none"
     assert KVCapConfig().settings()["temporal_encoding"] == "none"
 

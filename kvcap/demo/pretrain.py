@@ -156,7 +156,7 @@ def pretrain_vision_tower(
 def pretrain_language_model(
     language_model: Qwen3ForCausalLM,
     tokenizer: PreTrainedTokenizerBase,
-    steps: int = 200,
+    steps: int = 600,
     batch_size: int = 32,
     num_captions: int = 4000,
     learning_rate: float = 3e-3,
