@@ -213,3 +213,17 @@ def test_diversity_reports_captions_repeating_a_4gram(metric, tokenizer):
     fluent = diversity(VARIED, tokenizer=tokenizer)
     assert (fluent["num_repeating_4gram"], fluent["repeating_4gram_ratio"], fluent["max_4gram_repeats"]) == (0, 0.0, 0)
     assert diversity([ONE_REPEAT], tokenizer=tokenizer)["max_4gram_repeats"] == 2
+
+
+def test_diversity_reports_the_most_common_opening_of_captions_that_all_differ(metric):
+    # The seed's collapse in small: every caption differs, yet all but one open alike.
+    shared = "이 영상은 2017년 이후에 촬영된 것으로 보이며, "
+    captions = [shared + rest for rest in VARIED[:3]] + ["  이 영상은  2017년 이후에 촬영된 영상이다."] + VARIED[3:5]
+    out = metric.compute(predictions=captions)
+    assert out["unique_ratio"] == 1.0 and not out["collapsed"]
+    assert out["top_opening"] == "이 영상은 2017년 이후에 촬영된"  # five words, whitespace normalised
+    assert out["top_opening_share"] == pytest.approx(4 / 6)
+    assert diversity(VARIED)["top_opening_share"] == pytest.approx(1 / len(VARIED))
+    assert diversity(ALL_EQUAL)["top_opening_share"] == 1.0
+    empty = diversity([])
+    assert (empty["top_opening"], empty["top_opening_share"]) == (None, 0.0)

@@ -151,10 +151,9 @@ def test_headline_without_repeats_or_finished_counts():
     assert headline(metrics)[1] == "caption endings unknown (predictions without finished)"
 
 
-def test_the_report_notes_captions_repeating_a_4gram():
-    records = _captioned([False, True, True, True])
-    metrics = compute_metrics(records)
-    clips = [
+def _report_clips(records: list[ClipRecord]) -> list[dict]:
+    """The report's view of the captioned clips, without frames."""
+    return [
         {
             "video_id": r.video_id,
             "prediction": r.prediction,
@@ -166,6 +165,28 @@ def test_the_report_notes_captions_repeating_a_4gram():
         for r in records
         if r.prediction is not None
     ]
+
+
+def test_headline_warns_when_half_the_captions_share_their_opening():
+    opening = "이 영상은 2017년 이후에 촬영된 것으로 보이며, "
+    alike = [opening + caption for caption in [*FLUENT, ONE_REPEAT]] + [LOOP]
+    records = _captioned([True, True, True, False], alike)
+    lines = headline(compute_metrics(records))
+    assert lines[2] == (
+        'WARNING: shared opening: 3/4 captions begin "이 영상은 2017년 이후에 촬영된" '
+        "(the language model's prior, not the video, writes it)"
+    )
+    html = render_report(compute_metrics(records), _report_clips(records))
+    assert "<b>Shared opening:</b> 75% of the captions begin &ldquo;이 영상은 2017년 이후에 촬영된&rdquo;" in html
+    varied = _captioned([True] * 4)
+    assert not any("shared opening" in line for line in headline(compute_metrics(varied)))
+    assert "Shared opening" not in render_report(compute_metrics(varied), _report_clips(varied))
+
+
+def test_the_report_notes_captions_repeating_a_4gram():
+    records = _captioned([False, True, True, True])
+    metrics = compute_metrics(records)
+    clips = _report_clips(records)
     html = render_report(metrics, clips)
     assert "2 of 4 captions repeat a word 4-gram (looping); the most repeated one occurs 3 times" in html
     assert html.count("'>4 repeated 4-grams</span>") == 1 and html.count("'>1 repeated 4-gram</span>") == 1

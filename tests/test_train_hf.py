@@ -262,6 +262,14 @@ def test_installed_presets_are_found_by_name():
     by_path = parse_arguments([str(PRESETS_DIR / "demo.yaml"), "--output_dir", "/tmp/kvcap-x"])
     assert by_name[0] == by_path[0] and by_name[1] == by_path[1]
     assert parse_arguments(["perceiver", "--data_dir", "/d", "--bf16", "false"])[0].projector_type == "perceiver"
+    # The demo trains with frame embeddings (measured better there); the real presets keep the seed's configuration,
+    # and either is one flag away from the other.
+    assert by_name[0].temporal_encoding == "frame_embedding"
+    seed_demo = parse_arguments(["demo", "--output_dir", "/tmp/kvcap-x", "--temporal_encoding", "none"])[0]
+    assert seed_demo.temporal_encoding == "none"
+    for projector_type in PROJECTOR_TYPES:
+        real = parse_arguments([projector_type, "--data_dir", "/d", "--bf16", "false"])[0]
+        assert (real.projector_type, real.temporal_encoding) == (projector_type, "none")
 
 
 def _previous_run(folder: Path) -> None:

@@ -2,7 +2,7 @@
 
 Random tiny backbones know nothing: a random language model cannot write Korean, and stage 1 of kvcap trains the
 projector only. The real system starts from a CLIP that has seen images with text and a Qwen3 that writes
-Korean, so the miniature gets the same head start, in about two minutes on 2 CPU cores:
+Korean, so the miniature gets the same head start, in about five minutes on one CPU thread:
 
 - the vision tower is trained contrastively as CLIP is (image–text InfoNCE, with a tiny CLIP text tower that is
   thrown away afterwards) on single frames of rendered scenes from the train distribution only: held-out

@@ -224,7 +224,7 @@ def build_tiny_backbones(
 
     Deterministic: the same seed gives the same weights on every run. Random weights take well under a second
     (what tests use); ``pretrain=True`` adds the short pretraining of ``kvcap/demo/pretrain.py``
-    (about two minutes) that the demo needs.
+    (about five minutes on one CPU thread) that the demo needs.
     """
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(tokenizer_dir)

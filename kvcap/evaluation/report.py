@@ -21,6 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# Half the captions opening with the same five words is a warning: references to different clips rarely do, and
+# the seed's collapsed runs did ("이 영상은 2017년 이후에 촬영된 …").
+SHARED_OPENING_SHARE = 0.5
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Apple SD Gothic Neo","Noto Sans KR",sans-serif;margin:1.5rem;color:#1d1d1f;
 background:#fafafa}
@@ -202,6 +206,12 @@ def _warnings(metrics: dict[str, Any], clips: Sequence[dict[str, Any]]) -> str:
             f"{div['num_unique']} unique captions for {div['num_captions']} clips (unique ratio "
             f"{div['unique_ratio']:.3f} &lt; {div['collapse_threshold']}); the most frequent caption is written for "
             f"{100 * div['top_share']:.0f}% of the clips.<ul>{items}</ul></div>"
+        )
+    opening_share = div.get("top_opening_share")
+    if opening_share is not None and opening_share >= SHARED_OPENING_SHARE and div["num_captions"] > 1:
+        parts.append(
+            f"<div class='warn'><b>Shared opening:</b> {100 * opening_share:.0f}% of the captions begin "
+            f"&ldquo;{escape(div['top_opening'])}&rdquo;: the language model's prior writes it, not the video.</div>"
         )
     truncated = overall.get("cut_at_max_new_tokens")
     if truncated:

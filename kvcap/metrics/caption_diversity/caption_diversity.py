@@ -37,7 +37,8 @@ Diversity of a set of generated captions, to detect mode collapse (a captioner t
 whatever the video): the unique-caption ratio (unique captions / captions after whitespace normalisation, the
 Diversity that kvcap's seed reported), distinct-1 and distinct-2 over Korean morphemes (Li et al., 2016),
 Self-BLEU-4 (Zhu et al., 2018: each caption scored with BLEU-4 against all the others; lower is more diverse) and
-the vocabulary size. A unique ratio below 0.5 is flagged as collapsed. Within each caption, it also counts repeated
+the vocabulary size. A unique ratio below 0.5 is flagged as collapsed; the most frequent opening (first five words)
+and its share show captions that all begin alike. Within each caption, it also counts repeated
 word 4-grams: a captioner that loops ("... 움직입니다. 빨간색 원이 왼쪽으로 움직입니다. ...") repeats them.
 """
 
@@ -61,6 +62,10 @@ Returns:
     repeating_4gram_ratio (`float`): num_repeating_4gram / captions (0.0 for no captions).
     max_4gram_repeats (`int`): occurrences of the most repeated word 4-gram in any one caption; 0 when no caption
         repeats one.
+    top_opening (`str` or `None`): the most frequent opening, a caption's first 5 whitespace words (`None` for no
+        captions); top_opening_share (`float`): the share of captions that begin with it. A captioner whose
+        captions all open alike ("이 영상은 2017년 이후에 촬영된 …", the seed's) shows it here while its unique ratio
+        stays high.
 Examples:
     >>> diversity = evaluate.load("kvcap/metrics/caption_diversity")
     >>> out = diversity.compute(predictions=["하늘이 맑다.", "하늘이 맑다.", "바다에 배가 떠 있다."])
@@ -77,6 +82,9 @@ COLLAPSE_THRESHOLD = 0.5
 BLEU_EPSILON = 0.1  # nltk SmoothingFunction().method1
 # Word n-grams repeated within one caption: a caption that loops repeats its 4-grams; fluent Korean rarely does.
 REPEAT_ORDER = 4
+# A caption's opening: its first words, enough to tell "이 영상은 2017년 이후에 촬영된" from
+# "이 영상은 2000년대에 촬영된".
+OPENING_WORDS = 5
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,6 +196,8 @@ def diversity(
     bleus = self_bleu(token_lists) if total >= 2 else []
     repeats = [repeated_ngrams(caption, REPEAT_ORDER) for caption in predictions]
     num_repeating = sum(bool(grams) for grams in repeats)
+    openings = Counter(" ".join(caption.split()[:OPENING_WORDS]) for caption in predictions)
+    top_opening, top_opening_count = openings.most_common(1)[0] if total else (None, 0)
     return {
         "unique_ratio": unique_ratio,
         "num_captions": total,
@@ -203,6 +213,8 @@ def diversity(
         "num_repeating_4gram": num_repeating,
         "repeating_4gram_ratio": num_repeating / total if total else 0.0,
         "max_4gram_repeats": max((count for grams in repeats for count in grams.values()), default=0),
+        "top_opening": top_opening,
+        "top_opening_share": top_opening_count / total if total else 0.0,
     }
 
 
