@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvcap.cpu_threads import apply_cpu_threads
+from kvcap.cpu_threads import apply_cpu_threads, bf16_is_accelerated_on_cpu, cpu_bf16_warning
 from kvcap.training.arguments import parse_arguments
 
 
@@ -39,3 +39,15 @@ def test_the_demo_preset_runs_on_one_thread_and_the_real_presets_leave_it_to_tor
     with pytest.raises(SystemExit):
         parse_arguments(["demo", "--cpu_threads", "0"])
     assert "--cpu_threads must be at least 1" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_accelerated_bf16_products_is_warned_of():
+    # Only a bf16 run on the CPU can hit the slow path; this machine's own answer decides the third case.
+    assert cpu_bf16_warning(bf16=False, on_cpu=True) is None
+    assert cpu_bf16_warning(bf16=True, on_cpu=False) is None
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+        assert not bf16_is_accelerated_on_cpu(), "without AVX-512 there are no oneDNN bf16 kernels"
+    warning = cpu_bf16_warning(bf16=True, on_cpu=True)
+    assert (warning is None) == bf16_is_accelerated_on_cpu()
+    if warning is not None:
+        assert "--bf16 false --dtype float32" in warning

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "--output_dir", str(args.output_dir),
         "--overwrite_output_dir", "true",
         "--feature_cache_dir", str(args.feature_cache_dir or args.output_dir.parent / "feature-cache"),
-        "--dtype", "bfloat16",
+        "--dtype", args.dtype,
+        "--bf16", str(args.dtype == "bfloat16").lower(),
         "--use_cpu", "true",  # the presets' bf16 mixed precision then runs as CPU autocast
         "--per_device_train_batch_size", "1",
         "--gradient_accumulation_steps", "1",
@@ -199,6 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--feature_cache_dir", type=Path, default=None)
     parser.add_argument("--max_new_tokens", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="bfloat16 (the presets' precision) or float32, for CPUs whose bf16 matrix products are not accelerated",
+    )
     parser.add_argument("--finish", action="store_true", help="also export, evaluate (4-bit, on CPU) and card")
     return parser.parse_args(argv)
 

@@ -21,7 +21,7 @@ from processing.processing_kvcap import KVCapProcessor
 
 from ..bitsandbytes_notice import note_cpu_4bit
 from ..corpus import open_split
-from ..cpu_threads import apply_cpu_threads
+from ..cpu_threads import apply_cpu_threads, cpu_bf16_warning
 from ..evaluation import ScoringArguments, evaluate_model, headline, records_from_dataset
 from ..generation import GenerationArguments, generate_captions, load_model_and_processor, resolve_dtype
 from .arguments import (
@@ -164,6 +164,9 @@ def prepare_run(argv: list[str] | None = None) -> TrainingRun:
     logging.getLogger("kvcap").setLevel(kvcap_log_level(training_args))
     # First, so that the preparation step (the demo's pretraining) runs under the same policy as training.
     logger.info(apply_cpu_threads(training_args.cpu_threads))
+    slow_bf16 = cpu_bf16_warning(training_args.bf16, training_args.device.type == "cpu")
+    if slow_bf16:
+        logger.warning(slow_bf16)
     if training_args.overwrite_output_dir and training_args.process_index == 0:
         clear_previous_run(training_args.output_dir)
     if training_args.push_to_hub and training_args.process_index == 0:
