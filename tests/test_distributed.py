@@ -199,7 +199,11 @@ def test_fsdp_with_two_cpu_processes_matches_one_process_with_the_global_batch(
     for name in single_weights:
         a, b = single_weights[name].float(), fsdp_weights[name].float()
         start = initial.get(name.replace("model.language_model.", "model.", 1))
-        if "multi_modal_projector" in name:  # trained from its (seeded, so shared) initialization
+        if "multi_modal_projector" in name and name.endswith(".bias"):
+            # Biases start at zero, so their norm is the training's movement: the same 10 % bound as for LoRA
+            # (measured: 0.2 % on a CPU with bf16 kernels, 3.6 % on an AVX2-only one, whose bf16 rounds elsewhere).
+            assert (a - b).norm() <= 0.1 * a.norm(), name
+        elif "multi_modal_projector" in name:  # trained from its (seeded, so shared) initialization
             assert (a - b).norm() <= 0.01 * a.norm(), name  # measured: 0.2 %
         elif start is not None and not torch.equal(a, start.float()):  # a weight LoRA was merged into
             assert (a - b).norm() <= 0.1 * (a - start.float()).norm(), name
