@@ -25,6 +25,13 @@ from PIL import Image
 # the seed's collapsed runs did ("이 영상은 2017년 이후에 촬영된 …").
 SHARED_OPENING_SHARE = 0.5
 
+
+def opens_alike(diversity: dict[str, Any]) -> bool:
+    """Whether at least SHARED_OPENING_SHARE of several captions begin with the same five words."""
+    share = diversity.get("top_opening_share")  # absent from metrics written before it existed
+    return share is not None and share >= SHARED_OPENING_SHARE and diversity["num_captions"] > 1
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Apple SD Gothic Neo","Noto Sans KR",sans-serif;margin:1.5rem;color:#1d1d1f;
 background:#fafafa}
@@ -207,10 +214,9 @@ def _warnings(metrics: dict[str, Any], clips: Sequence[dict[str, Any]]) -> str:
             f"{div['unique_ratio']:.3f} &lt; {div['collapse_threshold']}); the most frequent caption is written for "
             f"{100 * div['top_share']:.0f}% of the clips.<ul>{items}</ul></div>"
         )
-    opening_share = div.get("top_opening_share")
-    if opening_share is not None and opening_share >= SHARED_OPENING_SHARE and div["num_captions"] > 1:
+    if opens_alike(div):
         parts.append(
-            f"<div class='warn'><b>Shared opening:</b> {100 * opening_share:.0f}% of the captions begin "
+            f"<div class='warn'><b>Shared opening:</b> {100 * div['top_opening_share']:.0f}% of the captions begin "
             f"&ldquo;{escape(div['top_opening'])}&rdquo;: the language model's prior writes it, not the video.</div>"
         )
     truncated = overall.get("cut_at_max_new_tokens")

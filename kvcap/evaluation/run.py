@@ -19,7 +19,7 @@ from ..captioning import GENERATION_FAILED, CaptionJournal, caption_decoded
 from ..disk import naming_a_full_disk
 from ..generation import GenerationArguments, input_device
 from .records import ClipRecord
-from .report import SHARED_OPENING_SHARE, frames_to_data_uris, write_report
+from .report import frames_to_data_uris, opens_alike, write_report
 from .scoring import ScoringArguments, evaluate_records, token_length_stats
 
 logger = logging.getLogger(__name__)
@@ -395,9 +395,8 @@ def headline(metrics: dict[str, Any]) -> list[str]:
         endings += f" | captions repeating a 4-gram: {repeating}/{diversity['num_captions']}"
         endings += f" (most repeats of one 4-gram: {diversity['max_4gram_repeats']})" if repeating else ""
     lines.append(endings)
-    opening_share = diversity.get("top_opening_share")  # absent from metrics written before it existed
-    if opening_share is not None and opening_share >= SHARED_OPENING_SHARE and diversity["num_captions"] > 1:
-        shared = round(opening_share * diversity["num_captions"])
+    if opens_alike(diversity):
+        shared = round(diversity["top_opening_share"] * diversity["num_captions"])
         lines.append(
             f"WARNING: shared opening: {shared}/{diversity['num_captions']} captions begin "
             f'"{diversity["top_opening"]}" (the language model\'s prior, not the video, writes it)'
