@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "--feature_cache_dir", str(args.feature_cache_dir or args.output_dir.parent / "feature-cache"),
         "--dtype", args.dtype,
         "--bf16", str(args.dtype == "bfloat16").lower(),
-        "--use_cpu", "true",  # the presets' bf16 mixed precision then runs as CPU autocast
+        "--use_cpu", "true",  # with --bf16, mixed precision then runs as CPU autocast
         "--per_device_train_batch_size", "1",
         "--gradient_accumulation_steps", "1",
         "--per_device_eval_batch_size", "1",
