@@ -22,7 +22,14 @@ PROJECTOR_TYPES = ("linear", "mlp_2l", "perceiver", "c_abstractor")
 # Projectors that keep every patch of every frame as a video token; the others compress a clip to num_query_tokens.
 PER_PATCH_PROJECTORS = ("linear", "mlp_2l")
 # How time reaches the language model beyond token order (see `temporal.py`): `none` is the seed's configuration.
-TEMPORAL_ENCODINGS = ("none", "frame_embedding", "spatiotemporal_conv", "motion_conv")
+TEMPORAL_ENCODINGS = (
+    "none",
+    "frame_embedding",
+    "trajectory_embedding",
+    "spatiotemporal_conv",
+    "motion_conv",
+    "spacetime_attention",
+)
 # What a user chooses when composing kvcap from backbones; everything else follows from the backbones. Training sets
 # them, export rebuilds the model from `KVCapConfig.settings()` and config.json keeps them.
 MODEL_SETTINGS = (
@@ -121,9 +128,12 @@ class KVCapConfig(PreTrainedConfig):
         temporal_encoding (`str`, *optional*, defaults to `"none"`):
             What tells the projector where each frame sits in time, before it reads the patch features: `none`
             (token order only, the seed's configuration), `frame_embedding` (a learned embedding per frame added to
-            every patch) or `spatiotemporal_conv` (a residual depthwise 3 × 3 × 3 convolution over frames and the
-            patch grid, so each patch token carries how its neighbourhood changes from frame to frame) or `motion_conv`
-            (the same with one filter per direction of motion for every channel). Works with every projector.
+            every patch), `trajectory_embedding` (the same plus time × the patch's place in the grid, so the tokens
+            of a moving object sum to its displacement), `spatiotemporal_conv` (a residual depthwise 3 × 3 × 3
+            convolution over frames and the patch grid, so each patch token carries how its neighbourhood changes
+            from frame to frame), `motion_conv` (the same with one filter per direction of motion for every
+            channel) or `spacetime_attention` (one residual attention layer over all patches of all frames). Works
+            with every projector.
         vision_model_name_or_path (`str`, *optional*):
             Hub id or path the vision tower was built from.
         text_model_name_or_path (`str`, *optional*):

@@ -29,7 +29,13 @@ from .configuration_kvcap import DEFAULT_TEXT_MODEL, DEFAULT_VISION_MODEL, KVCap
 # Imported so that save_pretrained copies it beside the model: pipeline(model=folder) loads it from there.
 from .pipeline_kvcap import KVCapVideoCaptioningPipeline  # noqa: F401
 from .projectors import KVCapCAbstractor, KVCapPerceiverResampler, build_projector
-from .temporal import KVCapFrameEmbedding, KVCapMotionConv, KVCapSpatioTemporalConv
+from .temporal import (
+    KVCapFrameEmbedding,
+    KVCapMotionConv,
+    KVCapSpaceTimeAttention,
+    KVCapSpatioTemporalConv,
+    KVCapTrajectoryEmbedding,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -121,6 +127,10 @@ class KVCapPreTrainedModel(PreTrainedModel):
             init.normal_(module.frame_embeddings, mean=0.0, std=std)
         elif isinstance(module, KVCapFrameEmbedding):
             init.normal_(module.frame_embeddings, mean=0.0, std=std)
+        elif isinstance(module, KVCapTrajectoryEmbedding):
+            init.normal_(module.frame_embeddings, mean=0.0, std=std)
+            init.normal_(module.row_direction, mean=0.0, std=std)
+            init.normal_(module.column_direction, mean=0.0, std=std)
         elif isinstance(module, KVCapSpatioTemporalConv):
             if isinstance(module, KVCapMotionConv):
                 init.copy_(module.conv.weight, module.motion_filters().to(module.conv.weight))
@@ -128,6 +138,10 @@ class KVCapPreTrainedModel(PreTrainedModel):
             # A new layer starts as the identity, so the patch features the projector reads are those of the
             # encoder until training makes motion worth adding.
             init.zeros_(module.output_proj.weight)
+        elif isinstance(module, KVCapSpaceTimeAttention):
+            init.normal_(module.frame_embeddings, mean=0.0, std=std)
+            init.normal_(module.position_embeddings, mean=0.0, std=std)
+            init.zeros_(module.output_proj.weight)  # the identity at first, as the convolutions
 
 
 class KVCapModel(KVCapPreTrainedModel):

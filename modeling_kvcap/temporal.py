@@ -13,10 +13,15 @@ Parameter counts at real size (CLIP-ViT-L/14-336, 1024 wide; 8 frames of 24 × 2
 encoding             parameters  design
 ===================  ==========  ========================================================================
 frame_embedding           8,192  a learned embedding per frame, added to each of its patches
+trajectory_embedding     10,240  the frame embedding plus (time from -1 to 1) × (the patch's row and column
+                                 along two learned directions): an object's tokens sum to its displacement
 spatiotemporal_conv   1,080,320  LayerNorm, depthwise 3 × 3 × 3 convolution over (frames, rows, columns),
                                  GELU, linear map (from zero), added back
 motion_conv           4,312,064  the same with four filters per channel, one per direction of motion,
                                  starting as oriented differences: motion becomes a feature of each patch
+spacetime_attention   4,798,464  LayerNorm plus learned frame and grid-place embeddings, one attention layer
+                                 over all 8 × 576 patches (16 heads), linear map (from zero), added back with
+                                 the frame embedding
 ===================  ==========  ========================================================================
 """
 
@@ -42,6 +47,36 @@ class KVCapFrameEmbedding(nn.Module):
     def forward(self, video_features: torch.Tensor) -> torch.Tensor:
         """(B, T, P, D_vision) → (B, T, P, D_vision)."""
         return video_features + self.frame_embeddings[None, :, None, :]
+
+
+class KVCapTrajectoryEmbedding(nn.Module):
+    """The frame embedding plus ``time × place``: each patch gets ``τ_t · (row_p · a + column_p · c)``.
+
+    ``τ_t`` runs from -1 (first frame) to 1 (last) and ``row_p``, ``column_p`` from -1 to 1 across the patch grid;
+    ``a`` and ``c`` are learned directions. A sum of the tokens an object covers over the frames, which is what
+    attention to that object's colour gathers in one step, then holds ``Σ_t τ_t · place(t)``: its displacement
+    from the first frame to the last along ``a`` and ``c``, zero when it stands still. Without it, the direction is
+    a product of a token's time and its place that no weighted sum of tokens can form. 10,240 parameters at
+    real size.
+    """
+
+    def __init__(self, config: KVCapConfig):
+        super().__init__()
+        hidden_size = config.vision_config.hidden_size
+        self.grid = config.patch_grid
+        self.frame_embeddings = nn.Parameter(torch.zeros(config.num_frames, hidden_size))
+        self.row_direction = nn.Parameter(torch.zeros(hidden_size))
+        self.column_direction = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, video_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, D_vision) → (B, T, P, D_vision)."""
+        frames = video_features.shape[1]
+        kwargs = {"device": video_features.device, "dtype": video_features.dtype}
+        time = torch.linspace(-1.0, 1.0, frames, **kwargs)  # (T,)
+        across = torch.linspace(-1.0, 1.0, self.grid, **kwargs)
+        rows, columns = across.repeat_interleave(self.grid), across.repeat(self.grid)  # (P,) each, row-major
+        place = rows[:, None] * self.row_direction + columns[:, None] * self.column_direction  # (P, D)
+        return video_features + self.frame_embeddings[None, :, None] + time[None, :, None, None] * place[None, None]
 
 
 class KVCapSpatioTemporalConv(nn.Module):
@@ -111,10 +146,48 @@ class KVCapMotionConv(KVCapSpatioTemporalConv):
         return kernel.repeat(self.conv.in_channels, 1, 1, 1).unsqueeze(1)
 
 
+class KVCapSpaceTimeAttention(nn.Module):
+    """One residual self-attention layer over every patch of every frame, before the projector.
+
+    A local filter sees one patch step per frame; an object that crosses the picture in eight frames moves further.
+    Here each patch token attends to all ``T · P`` tokens, with a learned embedding per frame and per place in the
+    patch grid added to what the queries and keys see, so the token that shows an object can gather where that
+    object is in the first and the last frames, which is what its direction is. The frame embedding is added to
+    each token too, as ``frame_embedding`` does, so a token says its own time before the attention has learned
+    anything; the output map starts at zero. 4,798,464 parameters at real size.
+    """
+
+    def __init__(self, config: KVCapConfig):
+        super().__init__()
+        hidden_size = config.vision_config.hidden_size
+        self.num_heads = config.vision_config.num_attention_heads
+        self.norm = nn.LayerNorm(hidden_size)
+        self.frame_embeddings = nn.Parameter(torch.zeros(config.num_frames, hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(config.num_patches, hidden_size))
+        self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size)
+        self.output_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, video_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, D_vision) → (B, T, P, D_vision)."""
+        batch, frames, patches, channels = video_features.shape
+        hidden = self.norm(video_features) + self.frame_embeddings[None, :, None] + self.position_embeddings[None, None]
+        # (B, T·P, 3·D) → 3 × (B, heads, T·P, D / heads)
+        query, key, value = (
+            self.qkv_proj(hidden.reshape(batch, frames * patches, channels))
+            .view(batch, frames * patches, 3, self.num_heads, channels // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        attended = nn.functional.scaled_dot_product_attention(query, key, value)  # (B, heads, T·P, D / heads)
+        attended = attended.transpose(1, 2).reshape(batch, frames, patches, channels)
+        return video_features + self.frame_embeddings[None, :, None] + self.output_proj(attended)
+
+
 TEMPORAL_ENCODING_CLASSES: dict[str, type[nn.Module]] = {
     "frame_embedding": KVCapFrameEmbedding,
+    "trajectory_embedding": KVCapTrajectoryEmbedding,
     "spatiotemporal_conv": KVCapSpatioTemporalConv,
     "motion_conv": KVCapMotionConv,
+    "spacetime_attention": KVCapSpaceTimeAttention,
 }
 
 
@@ -135,6 +208,8 @@ __all__ = [
     "TEMPORAL_ENCODING_CLASSES",
     "KVCapFrameEmbedding",
     "KVCapMotionConv",
+    "KVCapSpaceTimeAttention",
     "KVCapSpatioTemporalConv",
+    "KVCapTrajectoryEmbedding",
     "build_temporal_encoding",
 ]

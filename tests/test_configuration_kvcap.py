@@ -59,7 +59,14 @@ def test_round_trip_through_dict_and_auto_config(tmp_path, tiny_tokenizer, proje
 
 
 def test_temporal_encoding_defaults_to_none():
-    assert TEMPORAL_ENCODINGS == ("none", "frame_embedding", "spatiotemporal_conv", "motion_conv")
+    assert TEMPORAL_ENCODINGS == (
+        "none",
+        "frame_embedding",
+        "trajectory_embedding",
+        "spatiotemporal_conv",
+        "motion_conv",
+        "spacetime_attention",
+    )
     assert KVCapConfig().temporal_encoding == "none"
     assert KVCapConfig().settings()["temporal_encoding"] == "none"
 
@@ -79,7 +86,7 @@ def test_temporal_encoding_round_trips_through_dict_and_settings(tmp_path, tiny_
 
 def test_unknown_temporal_encoding_is_rejected():
     with pytest.raises(
-        ValueError, match=r"Unknown temporal_encoding 'optical_flow'.*none, frame_embedding, spatiotemporal_conv"
+        ValueError, match=r"Unknown temporal_encoding 'optical_flow'.*none, frame_embedding, trajectory_embedding"
     ):
         KVCapConfig(temporal_encoding="optical_flow")
 

@@ -11,6 +11,7 @@ import torch
 from kvcap.demo.corpus import generate_corpus
 from kvcap.generation import GenerationArguments, generate_captions, load_model_and_processor, resolve_dtype
 from modeling_kvcap import PROJECTOR_TYPES
+from modeling_kvcap.configuration_kvcap import TEMPORAL_ENCODINGS
 
 from .conftest import tiny_processor
 
@@ -27,7 +28,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # Every projector with each temporal encoding: the encodings mix patches across frames, never across clips.
 BATCHING_CASES = [("mlp_2l", "none"), ("perceiver", "none")] + [
     (projector_type, encoding)
-    for encoding in ("frame_embedding", "spatiotemporal_conv")
+    for encoding in TEMPORAL_ENCODINGS
+    if encoding != "none"
     for projector_type in PROJECTOR_TYPES
 ]
 

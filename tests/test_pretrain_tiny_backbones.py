@@ -1,13 +1,17 @@
 """The demo's short pretraining of the tiny backbones lowers their losses (a few steps here; the demo runs more)."""
 
+import numpy as np
 import torch
 from transformers import CLIPVisionModel, Qwen3ForCausalLM
 
-from kvcap.demo.corpus import COLORS, SHAPES, object_maps, sample_training_scenes
+from kvcap.demo.corpus import COLORS, SHAPES, TIMES_OF_DAY, object_maps, sample_training_scenes
 from kvcap.demo.pretrain import (
+    IGNORE,
+    REPAINT_MIN_DISTANCE,
     patch_targets,
     pretrain_language_model,
     pretrain_vision_tower,
+    repaint_objects,
     visible_facts,
 )
 from kvcap.demo.tiny_backbones import tiny_text_config, tiny_vision_config
@@ -75,3 +79,26 @@ def test_patch_targets_name_the_object_filling_each_patch():
                 assert targets[t, p, 1] == SHAPES.index(expected["shape"]) + 1
             else:
                 assert (targets[t, p] == 0).all()
+
+
+def test_repainted_objects_keep_their_shape_and_lose_their_colour_name():
+    """Half the vision pretraining's scenes show shapes in colours outside the vocabulary, so shape is learned apart
+    from colour: every object pixel, and nothing else, takes one colour far from each named and sky colour."""
+    rng = np.random.default_rng(0)
+    vocabulary = np.asarray(list(COLORS.values()) + [tod["rgb"] for tod in TIMES_OF_DAY.values()])
+    for frames, _, scene in sample_training_scenes(8, seed=5, size=96, num_frames=8):
+        before = frames.copy()
+        owners = object_maps(scene, 96, 8)
+        targets_before = patch_targets(scene, 96, 8, 4)
+        repaint_objects(frames, scene, rng)
+        assert (frames[owners == 0] == before[owners == 0]).all(), "the background is untouched"
+        for k, obj in enumerate(scene["objects"]):
+            painted = np.unique(frames[owners == k + 1], axis=0)
+            assert len(painted) == 1
+            assert np.abs(vocabulary - painted[0]).sum(-1).min() > REPAINT_MIN_DISTANCE
+            assert obj["repainted"]
+        assert visible_facts(scene).split(". ")[0] == ", ".join(obj["shape"] for obj in scene["objects"])
+        targets = patch_targets(scene, 96, 8, 4)
+        assert (targets[..., 1] == targets_before[..., 1]).all(), "the shape labels stay"
+        object_patches = targets_before[..., 0] > 0
+        assert (targets[..., 0][object_patches] == IGNORE).all() and (targets[..., 0][~object_patches] == 0).all()

@@ -19,7 +19,6 @@ from kvcap.demo.real_width_run import run_in_subprocess
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.fixture(scope="module")
 def real_width(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("real-width")

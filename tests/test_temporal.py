@@ -20,7 +20,13 @@ from .conftest import REPO_ROOT, random_clips, run_argv, tiny_kvcap_config, vide
 ENCODINGS = [encoding for encoding in TEMPORAL_ENCODINGS if encoding != "none"]
 
 # Measured at real size (CLIP-ViT-L/14-336, 8 frames of 24 × 24 patches) by the test below.
-REAL_SIZE_PARAMETERS = {"frame_embedding": 8_192, "spatiotemporal_conv": 1_080_320, "motion_conv": 4_312_064}
+REAL_SIZE_PARAMETERS = {
+    "frame_embedding": 8_192,
+    "trajectory_embedding": 10_240,
+    "spatiotemporal_conv": 1_080_320,
+    "motion_conv": 4_312_064,
+    "spacetime_attention": 4_798_464,
+}
 
 
 def _randomise(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
@@ -181,13 +187,15 @@ def test_gradients_reach_every_temporal_parameter(
     encoding = model.multi_modal_projector.temporal_encoding
     named = dict(encoding.named_parameters())
     assert named
-    if temporal_encoding == "frame_embedding":
-        assert named["frame_embeddings"].abs().sum() > 0, "frame embeddings are initialised, not left at zero"
+    if temporal_encoding in ("frame_embedding", "trajectory_embedding"):
+        for name in ("frame_embeddings", "row_direction", "column_direction"):
+            if name in named:
+                assert named[name].abs().sum() > 0, f"{name} is initialised, not left at zero"
     model.train()
     batch = video_prompt_batch(tiny_tokenizer, model.config, ["설명"] * 2, ["빨간색 원이 움직입니다."] * 2)
     clips = random_clips(model.config, 2)
     model(**batch, pixel_values_videos=clips).loss.backward()
-    if temporal_encoding != "frame_embedding":
+    if "output_proj.weight" in named:
         # The output map starts at zero (the layer starts as the identity), so the first backward pass reaches only
         # it; one step moves it off zero, after which every filter learns.
         assert named["output_proj.weight"].grad.abs().sum() > 0, "no gradient reached output_proj.weight"

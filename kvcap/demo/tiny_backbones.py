@@ -39,7 +39,7 @@ TOKENIZER_DIR = ASSETS_DIR / "tiny-korean-bpe"
 KOREAN_TEXT = ASSETS_DIR / "korean_text.txt"
 SEED = 0
 # Raised whenever the backbones or their pretraining change, so that demo assets built earlier are rebuilt.
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 RECIPE_FILE = "recipe.json"
 
 TINY_IMAGE_SIZE = 48
