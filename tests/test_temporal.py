@@ -275,3 +275,44 @@ def test_the_training_argument_reaches_the_model_and_the_exported_folder(
     features = _features(config)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.multi_modal_projector(features), projector.eval()(features))
+
+
+def _trajectory_sum(encoding: torch.nn.Module, config: KVCapConfig, cells: list[tuple[int, int]]) -> torch.Tensor:
+    """The encoding's output summed over one token per frame, at (row, column) `cells[t]`, on zero features."""
+    outputs = encoding(torch.zeros(1, config.num_frames, config.num_patches, config.vision_config.hidden_size))[0]
+    return sum(outputs[frame, row * config.patch_grid + column] for frame, (row, column) in enumerate(cells))
+
+
+def test_trajectory_embedding_sums_an_objects_tokens_to_its_displacement(tiny_tokenizer):
+    """Summed over the tokens an object covers, time × place points along its motion, and is zero at rest."""
+    config = tiny_kvcap_config(tiny_tokenizer, "linear", temporal_encoding="trajectory_embedding")
+    encoding = build_temporal_encoding(config)
+    row_axis, column_axis = torch.eye(config.vision_config.hidden_size)[:2]
+    with torch.no_grad():
+        encoding.row_direction.copy_(row_axis)
+        encoding.column_direction.copy_(column_axis)
+    frames, last = config.num_frames, config.patch_grid - 1
+    sweep = [round(t * last / (frames - 1)) for t in range(frames)]  # 0 → last across the frames
+    left_to_right = _trajectory_sum(encoding, config, [(1, column) for column in sweep])
+    right_to_left = _trajectory_sum(encoding, config, [(1, last - column) for column in sweep])
+    top_to_bottom = _trajectory_sum(encoding, config, [(row, 2) for row in sweep])
+    still = _trajectory_sum(encoding, config, [(2, 1)] * frames)
+    assert left_to_right[1] > 1 and left_to_right[0].abs() < 1e-5
+    torch.testing.assert_close(right_to_left, -left_to_right)
+    assert top_to_bottom[0] > 1 and top_to_bottom[1].abs() < 1e-5
+    torch.testing.assert_close(still, torch.zeros_like(still))
+
+
+def test_spacetime_attention_lets_a_token_see_far_in_time_and_space(tiny_tokenizer):
+    """Unlike the 3 × 3 × 3 convolutions, one token's output follows a patch in another frame and another corner."""
+    config = tiny_kvcap_config(tiny_tokenizer, "linear", temporal_encoding="spacetime_attention")
+    encoding = _randomise(build_temporal_encoding(config))
+    features = _features(config, batch=1)
+    changed = features.clone()
+    changed[(0, *_patch(config, 7, 3, 3))] += torch.randn(config.vision_config.hidden_size)
+    with torch.no_grad():
+        before, after = (
+            encoding(features)[(0, *_patch(config, 0, 0, 0))],
+            encoding(changed)[(0, *_patch(config, 0, 0, 0))],
+        )
+    assert (after - before).abs().max() > 1e-3
