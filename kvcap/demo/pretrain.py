@@ -60,7 +60,7 @@ def repaint_objects(frames: np.ndarray, scene: dict, rng: np.random.Generator) -
     """Paint every object of a rendered scene in place in a random colour far from the vocabulary's and the sky's.
 
     A shape seen only in the vocabulary's colours, four of five shapes per colour, is learned as a colour x shape
-    pattern: a linear probe then read the shape of held-out pairs right 5 % of the time. A real CLIP has seen every
+    pattern: a linear probe then read the shape of held-out pairs right 6 % of the time. A real CLIP has seen every
     shape in countless colours; repainting gives the tiny one shapes that the colour cannot predict, while no frame
     shows a held-out pair.
     """
