@@ -18,29 +18,19 @@ import numpy as np
 import torch
 from transformers import CLIPVisionModel
 
-from kvcap.demo.corpus import (
-    CATEGORIES,
-    COLORS,
-    HELD_OUT_PAIRS,
-    MOTIONS,
-    SHAPES,
-    TRAIN_PAIRS,
-    _sample_scene,
-    render_frames,
-)
+from kvcap.demo.corpus import COLORS, HELD_OUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, sample_training_scenes
 from kvcap.demo.pretrain import _clip_pixels, patch_targets
 
 NUM_FRAMES = 8
 
 
 def rendered_scenes(count: int, seed: int, pairs, image_size: int) -> list[tuple[np.ndarray, dict]]:
-    """``count`` scenes whose objects are drawn from ``pairs``, rendered at twice the tower's size as the demo is."""
-    rng = np.random.default_rng([seed, 7])
-    scenes = []
-    for _ in range(count):
-        scene = _sample_scene(rng, CATEGORIES[int(rng.integers(len(CATEGORIES)))], pairs)
-        scenes.append((render_frames(scene, image_size * 2, NUM_FRAMES, rng), scene))
-    return scenes
+    """``count`` scenes whose objects are drawn from ``pairs``, rendered at twice the tower's size as the demo is.
+
+    Seeds from 10 up: the vision pretraining draws its scenes from seed 0 of the same stream.
+    """
+    scenes = sample_training_scenes(count, seed=seed, size=image_size * 2, num_frames=NUM_FRAMES, pairs=pairs)
+    return [(frames, scene) for frames, _, scene in scenes]
 
 
 def patch_features(vision: CLIPVisionModel, scenes: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
@@ -94,9 +84,9 @@ def main() -> None:
     vision = CLIPVisionModel.from_pretrained(args.vision_tower).eval()
     size, grid = vision.config.image_size, vision.config.image_size // vision.config.patch_size
     splits = {
-        "fit": rendered_scenes(1500, 0, TRAIN_PAIRS, size),
-        "train pairs": rendered_scenes(400, 1, TRAIN_PAIRS, size),
-        "held-out pairs": rendered_scenes(400, 2, HELD_OUT_PAIRS, size),
+        "fit": rendered_scenes(1500, 10, TRAIN_PAIRS, size),
+        "train pairs": rendered_scenes(400, 11, TRAIN_PAIRS, size),
+        "held-out pairs": rendered_scenes(400, 12, HELD_OUT_PAIRS, size),
     }
     features = {name: patch_features(vision, scenes) for name, scenes in splits.items()}
     targets = {

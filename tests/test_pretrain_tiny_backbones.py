@@ -102,3 +102,19 @@ def test_repainted_objects_keep_their_shape_and_lose_their_colour_name():
         assert (targets[..., 1] == targets_before[..., 1]).all(), "the shape labels stay"
         object_patches = targets_before[..., 0] > 0
         assert (targets[..., 0][object_patches] == IGNORE).all() and (targets[..., 0][~object_patches] == 0).all()
+
+
+def test_training_scenes_keep_to_the_pairs_asked_for():
+    """Train pairs by default (what the vision tower is pretrained on); held-out pairs only for a probe."""
+    from kvcap.demo.corpus import HELD_OUT_PAIRS
+
+    by_default = [
+        obj for _, _, scene in sample_training_scenes(30, seed=1, size=48, num_frames=2) for obj in scene["objects"]
+    ]
+    held_out = [
+        obj
+        for _, _, scene in sample_training_scenes(30, seed=1, size=48, num_frames=2, pairs=HELD_OUT_PAIRS)
+        for obj in scene["objects"]
+    ]
+    assert not any(obj["held_out"] for obj in by_default)
+    assert all(obj["held_out"] and (obj["color"], obj["shape"]) in HELD_OUT_PAIRS for obj in held_out)

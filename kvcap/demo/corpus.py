@@ -348,18 +348,23 @@ def sample_caption_texts(count: int, seed: int = 0) -> list[str]:
 
 
 def sample_training_scenes(
-    count: int, seed: int = 0, size: int = 96, num_frames: int = 16
+    count: int,
+    seed: int = 0,
+    size: int = 96,
+    num_frames: int = 16,
+    pairs: tuple[tuple[str, str], ...] = TRAIN_PAIRS,
 ) -> list[tuple[np.ndarray, str, dict[str, Any]]]:
     """Rendered scenes of the train distribution (held-out colour x shape pairs never appear), with captions.
 
     Returns ``(frames (T, size, size, 3) uint8, caption, attributes)`` triples without encoding video: the
-    material for pretraining the tiny vision tower, drawn from a stream disjoint from the corpus clips.
+    material for pretraining the tiny vision tower, drawn from a stream disjoint from the corpus clips. ``pairs``
+    other than the train pairs (``HELD_OUT_PAIRS``) serve probes of what the tower generalises to.
     """
     rng = np.random.default_rng([seed, _SPLIT_IDS["pretrain"]])
     scenes = []
     for _ in range(count):
         category = CATEGORIES[int(rng.choice(len(CATEGORIES), p=_category_probs()))]
-        scene = _sample_scene(rng, category, TRAIN_PAIRS)
+        scene = _sample_scene(rng, category, pairs)
         frames = render_frames(scene, size, num_frames, rng)
         scenes.append((frames, _caption(scene, rng), scene))
     return scenes
