@@ -3,8 +3,9 @@
 The projector reads layer -2 of the vision tower, CLS dropped. This fits a linear probe per patch for the colour and
 the shape of the object covering it, on rendered scenes of train colour x shape pairs, and scores it on other scenes
 of train pairs and on scenes of the held-out pairs only: a shape that is readable apart from its colour is read on
-held-out pairs too. A third probe reads each object's motion from where it is in each frame (its patches, from the
-scene's own object map), the information the language model has to gather to say which way the object moves.
+held-out pairs too. A third probe reads an object's shape from the mean of the patches it covers in all frames, as
+the language model may gather it; a fourth reads each object's motion from where it is in each frame (its patches,
+from the scene's own object map), the information the language model has to gather to say which way it moves.
 About a minute on one thread. Run from the repository root, after the demo has built its assets::
 
     python bench/probe_demo_vision.py outputs/demo-assets/backbones/clip-vision
@@ -76,6 +77,22 @@ def motion_examples(scenes, targets: torch.Tensor) -> tuple[torch.Tensor, torch.
     return torch.stack(where), torch.tensor(labels)
 
 
+def object_features(scenes, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per object: the mean feature of the patches it covers over all frames, and its shape class.
+
+    What the language model could gather by attending to one object's tokens; objects that cover no patch are left
+    out (they are counted in the printed size).
+    """
+    pooled, labels = [], []
+    for index, (_, scene) in enumerate(scenes):
+        for obj in scene["objects"]:
+            covered = targets[index, ..., 0] == list(COLORS).index(obj["color"]) + 1  # (T, P)
+            if covered.any():
+                pooled.append(features[index][covered].mean(0))
+                labels.append(SHAPES.index(obj["shape"]) + 1)
+    return torch.stack(pooled), torch.tensor(labels)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("vision_tower", help="a saved CLIPVisionModel folder, e.g. the demo's")
@@ -104,6 +121,15 @@ def main() -> None:
             classes,
         )
         print(f"| {name} | " + " | ".join(f"{score:.0%}" for score in scores) + " |")
+    scores = fit_and_score(
+        object_features(splits["fit"], features["fit"], targets["fit"]),
+        [
+            object_features(splits[split], features[split], targets[split])
+            for split in ("train pairs", "held-out pairs")
+        ],
+        len(SHAPES) + 1,
+    )
+    print("| shape of an object, from the mean of its patches | " + " | ".join(f"{s:.0%}" for s in scores) + " |")
     scores = fit_and_score(
         motion_examples(splits["fit"], targets["fit"]),
         [motion_examples(splits[split], targets[split]) for split in ("train pairs", "held-out pairs")],
