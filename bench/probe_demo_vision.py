@@ -80,8 +80,8 @@ def motion_examples(scenes, targets: torch.Tensor) -> tuple[torch.Tensor, torch.
 def object_features(scenes, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per object: the mean feature of the patches it covers over all frames, and its shape class.
 
-    What the language model could gather by attending to one object's tokens; objects that cover no patch are left
-    out (they are counted in the printed size).
+    What the language model could gather by attending to one object's tokens; an object that covers no patch is left
+    out.
     """
     pooled, labels = [], []
     for index, (_, scene) in enumerate(scenes):
