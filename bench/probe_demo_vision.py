@@ -65,14 +65,18 @@ def object_patches(features: torch.Tensor, targets: torch.Tensor, attribute: int
     return features[covered], targets[..., attribute][covered]
 
 
+def covered_by(obj: dict, scene_targets: torch.Tensor) -> torch.Tensor:
+    """(T, P) bool: the patches the object covers, found by its colour (a scene's objects differ in colour)."""
+    return scene_targets[..., 0] == list(COLORS).index(obj["color"]) + 1
+
+
 def motion_examples(scenes, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per object: which patches its colour covers in each frame (T · P zeros and ones), and its motion class."""
     motions = list(MOTIONS)
     where, labels = [], []
     for index, (_, scene) in enumerate(scenes):
         for obj in scene["objects"]:
-            colour = list(COLORS).index(obj["color"]) + 1
-            where.append((targets[index, ..., 0] == colour).float().flatten())
+            where.append(covered_by(obj, targets[index]).float().flatten())
             labels.append(motions.index(obj["motion_id"]))
     return torch.stack(where), torch.tensor(labels)
 
@@ -86,7 +90,7 @@ def object_features(scenes, features: torch.Tensor, targets: torch.Tensor) -> tu
     pooled, labels = [], []
     for index, (_, scene) in enumerate(scenes):
         for obj in scene["objects"]:
-            covered = targets[index, ..., 0] == list(COLORS).index(obj["color"]) + 1  # (T, P)
+            covered = covered_by(obj, targets[index])
             if covered.any():
                 pooled.append(features[index][covered].mean(0))
                 labels.append(SHAPES.index(obj["shape"]) + 1)
