@@ -3,9 +3,10 @@
 The projector reads layer -2 of the vision tower, CLS dropped. This fits a linear probe per patch for the colour and
 the shape of the object covering it, on rendered scenes of train colour x shape pairs, and scores it on other scenes
 of train pairs and on scenes of the held-out pairs only: a shape that is readable apart from its colour is read on
-held-out pairs too. A third probe reads an object's shape from the mean of the patches it covers in all frames, as
-the language model may gather it; a fourth reads each object's motion from where it is in each frame (its patches,
-from the scene's own object map), the information the language model has to gather to say which way it moves.
+held-out pairs too. A third probe reads an object's shape, and a fourth its colour, from the mean of the patches it
+covers in all frames, as the language model may gather them; a fifth reads each object's motion from where it is in
+each frame (its patches, from the scene's own object map), the information the language model has to gather to say
+which way it moves.
 About a minute on one thread. Run from the repository root, after the demo has built its assets::
 
     python bench/probe_demo_vision.py outputs/demo-assets/backbones/clip-vision
@@ -44,10 +45,8 @@ def patch_features(vision: CLIPVisionModel, scenes: list[tuple[np.ndarray, dict]
     return hidden.reshape(len(scenes), NUM_FRAMES, hidden.shape[1], -1)
 
 
-def fit_and_score(
-    train: tuple[torch.Tensor, torch.Tensor], tests: list[tuple[torch.Tensor, torch.Tensor]], classes: int
-):
-    """Accuracy on each of ``tests`` of a linear softmax probe fitted on ``train`` (full-batch Adam)."""
+def fit_probe(train: tuple[torch.Tensor, torch.Tensor], classes: int) -> torch.nn.Linear:
+    """A linear softmax probe fitted on ``train`` (features (N, D), classes (N,)) by full-batch Adam."""
     torch.manual_seed(0)
     probe = torch.nn.Linear(train[0].shape[-1], classes)
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
@@ -55,6 +54,14 @@ def fit_and_score(
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(probe(train[0]), train[1]).backward()
         optimizer.step()
+    return probe
+
+
+def fit_and_score(
+    train: tuple[torch.Tensor, torch.Tensor], tests: list[tuple[torch.Tensor, torch.Tensor]], classes: int
+):
+    """Accuracy on each of ``tests`` of a linear softmax probe fitted on ``train``."""
+    probe = fit_probe(train, classes)
     with torch.no_grad():
         return [float((probe(x).argmax(-1) == y).float().mean()) for x, y in tests]
 
@@ -81,8 +88,11 @@ def motion_examples(scenes, targets: torch.Tensor) -> tuple[torch.Tensor, torch.
     return torch.stack(where), torch.tensor(labels)
 
 
-def object_features(scenes, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per object: the mean feature of the patches it covers over all frames, and its shape class.
+def object_features(
+    scenes, features: torch.Tensor, targets: torch.Tensor, attribute: str = "shape"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per object: the mean feature of the patches it covers over all frames, and its class of ``attribute``
+    (``"shape"`` or ``"color"``, numbered from 1 in the vocabulary's order).
 
     What the language model could gather by attending to one object's tokens; an object that covers no patch is left
     out.
@@ -93,7 +103,7 @@ def object_features(scenes, features: torch.Tensor, targets: torch.Tensor) -> tu
             covered = covered_by(obj, targets[index])
             if covered.any():
                 pooled.append(features[index][covered].mean(0))
-                labels.append(SHAPES.index(obj["shape"]) + 1)
+                labels.append((SHAPES if attribute == "shape" else list(COLORS)).index(obj[attribute]) + 1)
     return torch.stack(pooled), torch.tensor(labels)
 
 
@@ -134,6 +144,16 @@ def main() -> None:
         len(SHAPES) + 1,
     )
     print("| shape of an object, from the mean of its patches | " + " | ".join(f"{s:.0%}" for s in scores) + " |")
+    colour_probe = fit_probe(object_features(splits["fit"], features["fit"], targets["fit"], "color"), len(COLORS) + 1)
+    recalls = []
+    for split in ("train pairs", "held-out pairs"):
+        x, y = object_features(splits[split], features[split], targets[split], "color")
+        with torch.no_grad():
+            right = colour_probe(x).argmax(-1) == y
+        # The weakest colour too: one colour confused with another hides in the mean.
+        worst = min((float(right[y == k + 1].float().mean()), colour) for k, colour in enumerate(COLORS))
+        recalls.append(f"{float(right.float().mean()):.0%} (weakest: {worst[1]} {worst[0]:.0%})")
+    print("| colour of an object, from the mean of its patches | " + " | ".join(recalls) + " |")
     scores = fit_and_score(
         motion_examples(splits["fit"], targets["fit"]),
         [motion_examples(splits[split], targets[split]) for split in ("train pairs", "held-out pairs")],

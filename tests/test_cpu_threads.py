@@ -33,8 +33,8 @@ def test_without_a_request_torch_keeps_its_count_and_the_line_says_where_it_came
         apply_cpu_threads(0)
 
 
-def test_the_demo_preset_runs_on_one_thread_and_the_real_presets_leave_it_to_torch(capsys):
-    assert parse_arguments(["demo"])[2].cpu_threads == 1
+def test_the_demo_preset_runs_on_two_threads_and_the_real_presets_leave_it_to_torch(capsys):
+    assert parse_arguments(["demo"])[2].cpu_threads == 2
     assert parse_arguments(["mlp_2l", "--data_dir", "/d", "--bf16", "false"])[2].cpu_threads is None
     with pytest.raises(SystemExit):
         parse_arguments(["demo", "--cpu_threads", "0"])

@@ -62,7 +62,7 @@ def test_layout_and_schema(corpora: tuple[Path, Path, dict]) -> None:
     assert summary["splits"]["train"]["num_clips"] == NUM_TRAIN
     saved = json.loads((root / "demo_corpus.json").read_text(encoding="utf-8"))
     assert saved["held_out_pairs"] == [list(p) for p in demo.HELD_OUT_PAIRS]
-    assert saved["version"] == demo.CORPUS_VERSION == 3
+    assert saved["version"] == demo.CORPUS_VERSION == 4
     assert "보라색 사각형" in (root / "README.md").read_text(encoding="utf-8")
 
 
@@ -156,6 +156,28 @@ def test_captions_are_ai_hub_like_paragraphs() -> None:
         assert abs(stated - share) < 0.04, (kind, stated)
     for text, attrs in pairs[:300]:
         _assert_unsupported_facts_match(text, attrs)
+
+
+def test_no_caption_repeats_a_word_4gram() -> None:
+    """A caption that says the same four words twice teaches the loop the seed's runs fell into; two objects
+    moving alike, or both described, never take the same wording."""
+    from kvcap.metrics.caption_diversity.caption_diversity import repeated_ngrams
+
+    pairs = demo.sample_captions(3000, seed=2)
+    repeating = [text for text, _ in pairs if repeated_ngrams(text, 4)]
+    assert not repeating, repeating[:3]
+    # The sample holds the cases that used to repeat: two objects of one motion, and two detail sentences.
+    alike = [attrs["objects"] for _, attrs in pairs if attrs["num_objects"] == 2]
+    assert sum(first["motion_id"] == second["motion_id"] for first, second in alike) > 100
+
+
+def test_wording_choice_never_takes_the_avoided_one() -> None:
+    rng = np.random.default_rng(0)
+    for count in (2, 3, 5):
+        for avoid in range(count):
+            picks = {demo._pick_index(rng, count, avoid) for _ in range(200)}
+            assert picks == set(range(count)) - {avoid}
+        assert {demo._pick_index(rng, count) for _ in range(200)} == set(range(count))
 
 
 def test_summary_counts_the_unsupported_sentences(corpora: tuple[Path, Path, dict]) -> None:

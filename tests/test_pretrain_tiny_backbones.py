@@ -1,5 +1,7 @@
 """The demo's short pretraining of the tiny backbones lowers their losses (a few steps here; the demo runs more)."""
 
+import os
+
 import numpy as np
 import torch
 from transformers import CLIPVisionModel, Qwen3ForCausalLM
@@ -36,6 +38,57 @@ def test_language_pretraining_lowers_its_loss_and_shows_its_progress(tiny_tokeni
     # Minutes of work on a free CPU and far more on a busy one: a bar with its rate shows it is moving.
     shown = capsys.readouterr().err
     assert "kvcap demo: pretraining the language model" in shown and "30/30" in shown and "step/s" in shown
+
+
+def test_language_pretraining_batches_are_cut_to_their_longest_text(tiny_tokenizer):
+    """Padding to the corpus' longest caption would spend most of each step on padding."""
+    torch.manual_seed(0)
+    language_model = Qwen3ForCausalLM(tiny_text_config(len(tiny_tokenizer), tiny_tokenizer))
+    masks = []
+    language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    pretrain_language_model(language_model, tiny_tokenizer, steps=12, batch_size=4, num_captions=200)
+    assert len(masks) == 12
+    for mask in masks:
+        assert mask[:, -1].any(), "the last column holds some text: the batch is no wider than its longest"
+        assert (mask.sum(-1) >= 1).all()
+    # Captions vary in length, so batches do too.
+    assert len({mask.shape[1] for mask in masks}) > 1
+
+
+def test_backbone_pretraining_runs_at_its_own_thread_count(tmp_path, monkeypatch):
+    """Two threads, whatever the caller set (the demo trains at one), and the caller's count afterwards."""
+    import kvcap.demo.pretrain as pretrain
+    from kvcap.demo.tiny_backbones import PRETRAIN_THREADS, build_tiny_backbones
+
+    seen = {}
+
+    def short(real, name, **sizes):
+        def run(*args, **kwargs):
+            seen[name] = torch.get_num_threads()
+            return real(*args, **kwargs, **sizes)
+
+        return run
+
+    monkeypatch.setattr(
+        pretrain, "pretrain_vision_tower", short(pretrain.pretrain_vision_tower, "vision", steps=2, num_scenes=70)
+    )
+    monkeypatch.setattr(
+        pretrain,
+        "pretrain_language_model",
+        short(pretrain.pretrain_language_model, "language", steps=2, num_captions=40),
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_tiny_backbones(tmp_path, pretrain=True)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    wanted = min(PRETRAIN_THREADS, os.cpu_count() or 1)
+    assert seen == {"vision": wanted, "language": wanted}
+    assert after == 1
 
 
 def test_pretraining_caption_says_what_one_frame_shows():

@@ -205,8 +205,19 @@ def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _object_sentence(obj: dict[str, Any], rng: np.random.Generator, lead: str = "") -> str:
-    """One sentence naming the object's colour + shape and its motion phrase (what the attribute metric checks)."""
+def _pick_index(rng: np.random.Generator, count: int, avoid: int | None = None) -> int:
+    """An index below ``count``, uniformly, never ``avoid`` (None: any)."""
+    if avoid is None:
+        return int(rng.integers(count))
+    index = int(rng.integers(count - 1))
+    return index + (index >= avoid)
+
+
+def _object_sentence(
+    obj: dict[str, Any], rng: np.random.Generator, lead: str = "", avoid: int | None = None
+) -> tuple[str, int]:
+    """One sentence naming the object's colour + shape and its motion phrase (what the attribute metric checks),
+    and the index of its wording; ``avoid`` is a wording it must not take (the other object's, same motion)."""
     noun = f"{obj['color']} {obj['shape']}"
     subject = _josa(noun, "이", "가")
     topic = _josa(noun, "은", "는")
@@ -231,20 +242,21 @@ def _object_sentence(obj: dict[str, Any], rng: np.random.Generator, lead: str = 
             f"{subject} 화면 {motion} 천천히 {verb}.",
             f"{topic} 영상 내내 {motion} 미끄러지듯 {verb}.",
         ]
-    return lead + _pick(rng, options)
+    wording = _pick_index(rng, len(options), avoid)
+    return lead + options[wording], wording
 
 
-def _object_detail(obj: dict[str, Any], rng: np.random.Generator) -> str:
-    """A sentence about the object's look that names neither colour nor motion."""
+def _object_detail(obj: dict[str, Any], rng: np.random.Generator, avoid: int | None = None) -> tuple[str, int]:
+    """A sentence about the object's look that names neither colour nor motion, and the index of its wording;
+    ``avoid`` is a wording it must not take (the other object's)."""
     shape = obj["shape"]
-    return _pick(
-        rng,
-        [
-            f"{_josa(shape, '은', '는')} 윤곽이 또렷하고 크기는 끝까지 변하지 않는다.",
-            f"{_josa(shape, '의', '의')} 가장자리는 매끄럽고 그림자는 보이지 않는다.",
-            "도형의 표면에는 무늬가 없고 색이 고르게 칠해져 있다.",
-        ],
-    )
+    options = [
+        f"{_josa(shape, '은', '는')} 윤곽이 또렷하고 크기는 끝까지 변하지 않는다.",
+        f"{_josa(shape, '의', '의')} 가장자리는 매끄럽고 그림자는 보이지 않는다.",
+        "도형의 표면에는 무늬가 없고 색이 고르게 칠해져 있다.",
+    ]
+    wording = _pick_index(rng, len(options), avoid)
+    return options[wording], wording
 
 
 def _caption(scene: dict[str, Any], rng: np.random.Generator) -> str:
@@ -296,10 +308,18 @@ def _caption(scene: dict[str, Any], rng: np.random.Generator) -> str:
         setting.append(_pick(rng, LIGHT_SENTENCES[scene["time_of_day"]]))
     sentences = [opening, *setting, count] if rng.random() < 0.5 else [opening, count, *setting]
     leads = ["", _pick(rng, ["한편 ", "그와 동시에 ", "다른 하나인 "])]
+    # The second object never takes the first one's wording (of its motion sentence when both move alike, of its
+    # detail sentence always): the same wording twice repeats a word 4-gram, a loop the model would learn.
+    motion_wording: int | None = None
+    detail_wording: int | None = None
     for k, obj in enumerate(scene["objects"]):
-        sentences.append(_object_sentence(obj, rng, leads[k]))
+        same_motion = k > 0 and obj["motion_id"] == scene["objects"][0]["motion_id"]
+        sentence, wording = _object_sentence(obj, rng, leads[k], motion_wording if same_motion else None)
+        sentences.append(sentence)
+        motion_wording = wording
         if rng.random() < 0.4:
-            sentences.append(_object_detail(obj, rng))
+            sentence, detail_wording = _object_detail(obj, rng, detail_wording)
+            sentences.append(sentence)
     if sign is not None:
         sentences.append(
             _pick(
@@ -563,8 +583,9 @@ def _clip_job(args: tuple[str, int, str, str, int, int, int, int, bool]) -> dict
 SUMMARY_FILE = "demo_corpus.json"
 # Format of the labels and summary; raised whenever labels change, so callers rebuild an older corpus. Version 2
 # added ``time_of_day_words`` to every label's attributes (version 1 wrote no ``version`` into the summary);
-# version 3 has paragraph captions with filming time, signage and season (``filming_time``, ``sign``, ``season``).
-CORPUS_VERSION = 3
+# version 3 has paragraph captions with filming time, signage and season (``filming_time``, ``sign``, ``season``);
+# in version 4 no caption repeats a word 4-gram.
+CORPUS_VERSION = 4
 
 
 def _prepare_out_dir(out: Path) -> None:

@@ -35,7 +35,7 @@ def prepare(model_args: Any, data_args: Any, num_train_clips: int = 1200, num_va
         )
     reason = stale_demo_backbones(vision, text)
     if reason is not None:
-        logger.info(f"Building the tiny backbones in {vision.parent} ({reason}); about five minutes.")
+        logger.info(f"Building the tiny backbones in {vision.parent} ({reason}); two to five minutes.")
         built = build_tiny_backbones(vision.parent, pretrain=True)
         logger.info(f"Built tiny backbones in {vision.parent}: {', '.join(map(str, built.values()))}")
     wanted_clips = {"train": num_train_clips, "val": num_val_clips}
