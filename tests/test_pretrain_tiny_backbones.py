@@ -58,7 +58,7 @@ def test_language_pretraining_batches_are_cut_to_their_longest_text(tiny_tokeniz
 
 
 def test_backbone_pretraining_runs_at_its_own_thread_count(tmp_path, monkeypatch):
-    """Two threads, whatever the caller set (the demo trains at one), and the caller's count afterwards."""
+    """Two threads whatever the caller set (one here), and the caller's count afterwards."""
     import kvcap.demo.pretrain as pretrain
     from kvcap.demo.tiny_backbones import PRETRAIN_THREADS, build_tiny_backbones
 

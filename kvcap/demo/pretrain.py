@@ -115,7 +115,8 @@ def pretrain_vision_tower(
 
     `repaint_share` of the scenes have their objects repainted (`repaint_objects`). The defaults were chosen with
     `bench/probe_demo_vision.py` (`bench/results/demo_learning.md`): at a share of 0.5 and an object-loss weight of
-    2 an object's shape was readable for 36 % of held-out colour x shape pairs, at 0.8 and 8 for 96 %.
+    2 (repaint distance 120) an object's shape was readable for 36 % of held-out colour x shape pairs, at 0.8 and 8
+    (distance 40) for 96 %.
 
     One to three minutes at 2 threads with the defaults (by CPU), and 0.9 GB for the rendered frames.
     """

@@ -44,8 +44,8 @@ SEED = 0
 # Raised whenever the backbones or their pretraining change, so that demo assets built earlier are rebuilt.
 RECIPE_VERSION = 6
 RECIPE_FILE = "recipe.json"
-# The pretraining runs at this many threads whatever the caller set (the demo trains at one): its weights are exact
-# for one thread count only, and two halve its time on the 2-core machine the demo is measured on.
+# The pretraining runs at this many threads whatever the caller set: its weights are exact for one thread count only,
+# and two take about a third less time than one on the 2-core machines the demo is measured on.
 PRETRAIN_THREADS = 2
 
 TINY_IMAGE_SIZE = 48
