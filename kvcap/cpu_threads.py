@@ -8,6 +8,8 @@ are exact only at the count they were made with.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -32,6 +34,17 @@ def apply_cpu_threads(requested: int | None) -> str:
         f"CPU threads: {torch.get_num_threads()} ({source}; {os.cpu_count()} logical CPUs). CPU results are exact "
         "for this count only."
     )
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block at ``count`` intra-op threads (no more than the machine's CPUs), then restore the caller's."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(count, os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def bf16_is_accelerated_on_cpu() -> bool:

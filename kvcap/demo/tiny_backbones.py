@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,6 +32,7 @@ from transformers import (
     SiglipModel,
 )
 
+from kvcap.cpu_threads import torch_threads
 from processing.processing_kvcap import DEFAULT_CHAT_TEMPLATE
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -223,17 +221,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run the block at ``count`` intra-op threads (no more than the machine's CPUs), then restore the caller's."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(count, os.cpu_count() or 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def build_tiny_backbones(
     out_dir: str | Path, tokenizer_dir: str | Path = TOKENIZER_DIR, pretrain: bool = False
 ) -> dict[str, Path]:
@@ -252,7 +239,7 @@ def build_tiny_backbones(
     if pretrain:
         from kvcap.demo.pretrain import pretrain_vision_tower
 
-        with _torch_threads(PRETRAIN_THREADS):
+        with torch_threads(PRETRAIN_THREADS):
             pretrain_vision_tower(vision, tokenizer, seed=SEED)
     vision.save_pretrained(paths["clip-vision"])
     CLIPImageProcessorPil(
@@ -264,7 +251,7 @@ def build_tiny_backbones(
     if pretrain:
         from kvcap.demo.pretrain import pretrain_language_model
 
-        with _torch_threads(PRETRAIN_THREADS):
+        with torch_threads(PRETRAIN_THREADS):
             pretrain_language_model(language_model, tokenizer, seed=SEED)
     language_model.save_pretrained(paths["qwen3"])
     tokenizer.save_pretrained(paths["qwen3"])
