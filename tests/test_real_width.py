@@ -34,15 +34,17 @@ def real_width(tmp_path_factory) -> dict[str, Path]:
 # CPU runs bf16 products over 100 times slower, and a step would take hours).
 DTYPE = "bfloat16" if bf16_is_accelerated_on_cpu() else "float32"
 
-# Peak resident memory of one training step at batch 1 (two decoder layers), with logits only where labels follow.
+# Peak resident memory of one training step at batch 1 (two decoder layers), with logits only where labels follow,
+# after the allocator has handed back the heap freed before the step (``real_width_run.release_freed_heap``).
 # bf16: measured 7.0 / 7.2 GiB for linear / mlp_2l and 6.4 / 6.0 for perceiver / c_abstractor
-# (bench/results/memory.md). float32, on an AVX2-only CPU: measured 10.1-10.4 / 10.3 and 8.9 / 8.9 GiB, the
-# vision tower and activations taking twice the bytes. Logits over every one of linear / mlp_2l's ~5,080
+# (bench/results/memory.md). float32, on an AVX2-only CPU: measured 10.1-10.4 / 10.3 GiB for linear / mlp_2l; for
+# perceiver / c_abstractor 8.9 / 8.9 at the stage-1 step and 9.9 / 9.95 at the stage-2 steps (10.24 before the
+# trim), the vision tower and activations taking twice the bytes. Logits over every one of linear / mlp_2l's ~5,080
 # positions add ~8.4 GiB in bf16 (bench/results/loss_memory.md) and more in float32, so that code cannot pass
 # either bound; the margin covers the process' own variation between runs.
 PEAK_BOUND_GIB = {
     "bfloat16": {"linear": 9.5, "mlp_2l": 9.5, "perceiver": 8.5, "c_abstractor": 8.5},
-    "float32": {"linear": 12.0, "mlp_2l": 12.0, "perceiver": 10.0, "c_abstractor": 10.0},
+    "float32": {"linear": 12.0, "mlp_2l": 12.0, "perceiver": 11.0, "c_abstractor": 11.0},
 }[DTYPE]
 POSITIONS = {"linear": 4632 + 450, "mlp_2l": 4632 + 450, "perceiver": 88 + 450, "c_abstractor": 88 + 450}
 
@@ -58,10 +60,11 @@ def test_each_preset_trains_at_real_width_in_nf4_with_an_eval_forward_between_st
     assert result["positions"] == POSITIONS[projector] and result["supervised"] == 450
     assert result["model_bytes"]["language_model_4bit"] > 100e6, "the decoder layers are in NF4"
     stage1, first_stage2, second_stage2 = result["steps"]
+    peaks = [step["peak_gib"] for step in result["steps"]]
     for step in result["steps"]:
         assert step["training_mode"], "every step trains in training mode, after the evaluation that preceded it"
         assert step["projector_without_gradient"] == [], "the projector's gradient reaches every parameter"
-        assert step["peak_gib"] < PEAK_BOUND_GIB[projector], step["peak_gib"]
+        assert step["peak_gib"] < PEAK_BOUND_GIB[projector], f"step peaks {peaks} GiB"
     assert stage1["lora_trainable"] == 0
     assert first_stage2["lora_trainable"] == second_stage2["lora_trainable"] == first_stage2["num_lora"] == 2 * 14
     assert first_stage2["lora_b_without_gradient"] == []
