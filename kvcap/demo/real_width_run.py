@@ -53,7 +53,7 @@ def release_freed_heap() -> None:
 def reset_peak_resident() -> None:
     """Start ``VmHWM`` afresh at the current resident size (``clear_refs`` 5, Linux 4.0+)."""
     # Without the trim, the high-water mark starts from whatever freed heap the allocator happened to keep from
-    # the previous step and evaluation, and a step's peak varied by 1.3 GiB between identical runs.
+    # the previous step and evaluation, which is not the step's own and differs between runs.
     release_freed_heap()
     with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
         handle.write("5")
