@@ -38,10 +38,10 @@ DTYPE = "bfloat16" if bf16_is_accelerated_on_cpu() else "float32"
 # after the allocator has handed back the heap freed before the step (``real_width_run.release_freed_heap``).
 # bf16: measured 7.0 / 7.2 GiB for linear / mlp_2l and 6.4 / 6.0 for perceiver / c_abstractor
 # (bench/results/memory.md). float32, on an AVX2-only CPU: measured 10.1-10.4 / 10.3 GiB for linear / mlp_2l; for
-# perceiver / c_abstractor 8.9 / 8.9 at the stage-1 step and 9.9 / 9.95 at the stage-2 steps (10.24 before the
-# trim), the vision tower and activations taking twice the bytes. Logits over every one of linear / mlp_2l's ~5,080
-# positions add ~8.4 GiB in bf16 (bench/results/loss_memory.md) and more in float32, so that code cannot pass
-# either bound; the margin covers the process' own variation between runs.
+# perceiver / c_abstractor 8.9 / 8.9 at the stage-1 step and 9.9 / 9.95 at the stage-2 steps (10.24 in a CI
+# run before the trim), the vision tower and activations taking twice the bytes. Logits over every one of
+# linear / mlp_2l's ~5,080 positions add ~8.4 GiB in bf16 (bench/results/loss_memory.md) and more in float32, so
+# that code cannot pass either bound; the margin covers the process' own variation between runs.
 PEAK_BOUND_GIB = {
     "bfloat16": {"linear": 9.5, "mlp_2l": 9.5, "perceiver": 8.5, "c_abstractor": 8.5},
     "float32": {"linear": 12.0, "mlp_2l": 12.0, "perceiver": 11.0, "c_abstractor": 11.0},
