@@ -7,21 +7,27 @@ held-out pairs too. A third probe reads an object's shape, and a fourth its colo
 covers in all frames, as the language model may gather them; a fifth reads each object's motion from where it is in
 each frame (its patches, from the scene's own object map), the information the language model has to gather to say
 which way it moves.
+With ``--through-mp4`` the scored scenes are encoded as the corpus' clips are and decoded as the demo reads them
+(x264 yuv420p, then swscale's bicubic resize to the tower's size) while the probes are still fitted on rendered frames:
+whatever the video path loses shows as the gap to the run without it.
 About a minute on one thread. Run from the repository root, after the demo has built its assets::
 
-    python bench/probe_demo_vision.py outputs/demo-assets/backbones/clip-vision
+    python bench/probe_demo_vision.py outputs/demo-assets/backbones/clip-vision [--through-mp4]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import CLIPVisionModel
 
-from kvcap.demo.corpus import COLORS, HELD_OUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, sample_training_scenes
-from kvcap.demo.pretrain import _clip_pixels, patch_targets
+from kvcap.demo.corpus import COLORS, HELD_OUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, sample_training_scenes, write_mp4
+from kvcap.demo.pretrain import CLIP_MEAN, CLIP_STD, _clip_pixels, patch_targets
+from processing.video_io import read_video_frames
 
 NUM_FRAMES = 8
 
@@ -42,6 +48,23 @@ def patch_features(vision: CLIPVisionModel, scenes: list[tuple[np.ndarray, dict]
     with torch.no_grad():
         pixels = _clip_pixels(frames.reshape(-1, *frames.shape[2:]), image_size)
         hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    return hidden.reshape(len(scenes), NUM_FRAMES, hidden.shape[1], -1)
+
+
+def decoded_patch_features(vision: CLIPVisionModel, scenes: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
+    """(N, T, P, D) as `patch_features`, from each scene written as the corpus writes a clip and read back as the
+    demo reads one (decoded and resized to the tower's size while decoding)."""
+    image_size = vision.config.image_size
+    clips = []
+    with tempfile.TemporaryDirectory() as folder:
+        for index, (frames, _) in enumerate(scenes):
+            path = Path(folder) / f"scene_{index}.mp4"
+            write_mp4(path, frames, fps=8)
+            clips.append(read_video_frames(path, num_frames=NUM_FRAMES, size=image_size, threads=1))
+    pixels = (np.stack(clips).reshape(-1, image_size, image_size, 3) / np.float32(255.0) - CLIP_MEAN) / CLIP_STD
+    with torch.no_grad():
+        pixel_values = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32))
+        hidden = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
     return hidden.reshape(len(scenes), NUM_FRAMES, hidden.shape[1], -1)
 
 
@@ -110,6 +133,9 @@ def object_features(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("vision_tower", help="a saved CLIPVisionModel folder, e.g. the demo's")
+    parser.add_argument(
+        "--through-mp4", action="store_true", help="score on scenes encoded and decoded as the demo's clips are"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     vision = CLIPVisionModel.from_pretrained(args.vision_tower).eval()
@@ -120,6 +146,9 @@ def main() -> None:
         "held-out pairs": rendered_scenes(400, 12, HELD_OUT_PAIRS, size),
     }
     features = {name: patch_features(vision, scenes) for name, scenes in splits.items()}
+    if args.through_mp4:
+        features.update({name: decoded_patch_features(vision, splits[name]) for name in splits if name != "fit"})
+        print("Scored on the scenes as mp4 clips, decoded as the demo reads them; fitted on rendered frames.")
     targets = {
         name: torch.from_numpy(np.stack([patch_targets(scene, size * 2, NUM_FRAMES, grid) for _, scene in scenes]))
         for name, scenes in splits.items()

@@ -192,3 +192,22 @@ def test_the_report_notes_captions_repeating_a_4gram():
     assert html.count("'>4 repeated 4-grams</span>") == 1 and html.count("'>1 repeated 4-gram</span>") == 1
     fluent = compute_metrics(_captioned([True, True], FLUENT))
     assert "repeat a word 4-gram" not in render_report(fluent, clips[2:])
+
+
+@pytest.mark.parametrize(
+    ("num_held_out", "expected_end"),
+    [
+        (4, "; objects of held-out colour x shape pairs 75% of 4"),
+        (0, "; no objects of held-out colour x shape pairs (a split without them, e.g. train)"),
+    ],
+    ids=["val", "train"],
+)
+def test_headline_names_held_out_pairs_only_where_the_split_has_them(num_held_out, expected_end):
+    metrics = compute_metrics(_captioned([True, True], FLUENT))
+    metrics["attributes"] = {
+        "recall_colour": 0.5,
+        "chance_colour": 0.25,
+        "held_out_object_recall": 0.75 if num_held_out else float("nan"),
+        "num_held_out_objects": num_held_out,
+    }
+    assert headline(metrics)[0] == "attributes named (chance in brackets): colour 50% (25%)" + expected_end

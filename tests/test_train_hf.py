@@ -186,11 +186,12 @@ def test_ddp_with_two_processes_matches_one_process_with_the_global_batch(tiny_b
 
 def test_yaml_presets_parse_and_command_line_overrides_them():
     model_args, data_args, training_args = parse_arguments(
-        [str(REPO_ROOT / "kvcap" / "configs" / "demo.yaml"), "--stage1_epochs", "3", "--output_dir", "/tmp/kvcap-x"]
+        [str(REPO_ROOT / "kvcap" / "configs" / "demo.yaml"), "--stage1_epochs", "5", "--output_dir", "/tmp/kvcap-x"]
     )
     preset = yaml.safe_load((REPO_ROOT / "kvcap" / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    assert training_args.stage1_epochs == 3 and training_args.stage2_epochs == preset["stage2_epochs"]
-    assert training_args.num_train_epochs == 3 + preset["stage2_epochs"]
+    assert preset["stage1_epochs"] != 5  # else the override would not show
+    assert training_args.stage1_epochs == 5 and training_args.stage2_epochs == preset["stage2_epochs"]
+    assert training_args.num_train_epochs == 5 + preset["stage2_epochs"]
     assert data_args.prepare == {"module": "kvcap.demo.prepare", **{k: preset["prepare"][k] for k in preset["prepare"]}}
     assert not model_args.load_in_4bit and isinstance(training_args.stage2_learning_rate, float)
     for projector in PROJECTOR_TYPES:

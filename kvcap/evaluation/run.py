@@ -355,11 +355,15 @@ def headline(metrics: dict[str, Any]) -> list[str]:
             for key in ("colour", "shape", "object", "motion", "motion_by_colour", "time_of_day", "category")
             if f"recall_{key}" in attributes
         ]
+        held_out = attributes["num_held_out_objects"]
         lines.append(
             "attributes named (chance in brackets): "
             + ", ".join(parts)
-            + f"; objects of held-out colour x shape pairs {attributes['held_out_object_recall']:.0%}"
-            f" of {attributes['num_held_out_objects']}"
+            + (
+                f"; objects of held-out colour x shape pairs {attributes['held_out_object_recall']:.0%} of {held_out}"
+                if held_out
+                else "; no objects of held-out colour x shape pairs (a split without them, e.g. train)"
+            )
         )
 
     def fmt(value: float | None) -> str:
