@@ -26,7 +26,7 @@ import torch
 from transformers import CLIPVisionModel
 
 from kvcap.demo.corpus import COLORS, HELD_OUT_PAIRS, MOTIONS, SHAPES, TRAIN_PAIRS, sample_training_scenes, write_mp4
-from kvcap.demo.pretrain import CLIP_MEAN, CLIP_STD, _clip_pixels, patch_targets
+from kvcap.demo.pretrain import _clip_pixels, patch_targets
 from processing.video_io import read_video_frames
 
 NUM_FRAMES = 8
@@ -41,31 +41,30 @@ def rendered_scenes(count: int, seed: int, pairs, image_size: int) -> list[tuple
     return [(frames, scene) for frames, _, scene in scenes]
 
 
-def patch_features(vision: CLIPVisionModel, scenes: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
-    """(N, T, P, D): the layer -2 patch features the projector reads."""
-    frames = np.stack([clip for clip, _ in scenes])
-    image_size = vision.config.image_size
+def clip_features(vision: CLIPVisionModel, clips: np.ndarray) -> torch.Tensor:
+    """(N, T, P, D): the layer -2 patch features the projector reads, of (N, T, S, S, 3) uint8 frames (S a multiple of
+    the tower's size, box-averaged down to it)."""
     with torch.no_grad():
-        pixels = _clip_pixels(frames.reshape(-1, *frames.shape[2:]), image_size)
+        pixels = _clip_pixels(clips.reshape(-1, *clips.shape[2:]), vision.config.image_size)
         hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
-    return hidden.reshape(len(scenes), NUM_FRAMES, hidden.shape[1], -1)
+    return hidden.reshape(clips.shape[0], clips.shape[1], hidden.shape[1], -1)
+
+
+def patch_features(vision: CLIPVisionModel, scenes: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
+    """(N, T, P, D) of the rendered frames."""
+    return clip_features(vision, np.stack([clip for clip, _ in scenes]))
 
 
 def decoded_patch_features(vision: CLIPVisionModel, scenes: list[tuple[np.ndarray, dict]]) -> torch.Tensor:
     """(N, T, P, D) as `patch_features`, from each scene written as the corpus writes a clip and read back as the
     demo reads one (decoded and resized to the tower's size while decoding)."""
-    image_size = vision.config.image_size
     clips = []
     with tempfile.TemporaryDirectory() as folder:
         for index, (frames, _) in enumerate(scenes):
             path = Path(folder) / f"scene_{index}.mp4"
             write_mp4(path, frames, fps=8)
-            clips.append(read_video_frames(path, num_frames=NUM_FRAMES, size=image_size, threads=1))
-    pixels = (np.stack(clips).reshape(-1, image_size, image_size, 3) / np.float32(255.0) - CLIP_MEAN) / CLIP_STD
-    with torch.no_grad():
-        pixel_values = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32))
-        hidden = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
-    return hidden.reshape(len(scenes), NUM_FRAMES, hidden.shape[1], -1)
+            clips.append(read_video_frames(path, num_frames=NUM_FRAMES, size=vision.config.image_size, threads=1))
+    return clip_features(vision, np.stack(clips))
 
 
 def fit_probe(train: tuple[torch.Tensor, torch.Tensor], classes: int) -> torch.nn.Linear:
